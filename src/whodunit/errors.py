@@ -1,0 +1,59 @@
+"""
+Errors raised by whodunit.
+
+One base class, and a subclass only where a caller handles the case differently.
+Every message says what happened, the value involved and the next step.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DatabaseUnavailableError",
+    "GuardViolationError",
+    "PrivilegeError",
+    "SchemaNotInstalledError",
+    "SchemaVersionError",
+    "WhodunitError",
+]
+
+
+class WhodunitError(Exception):
+    """
+    Base of every error whodunit raises on purpose.
+
+    The CLI prints its message without a traceback and exits 1
+    (2 for the subclasses that mean "fix the command or the environment").
+    """
+
+    exit_code = 1
+
+
+class ConfigError(WhodunitError, ValueError):
+    """A setting, flag or argument has a value whodunit cannot use."""
+
+    exit_code = 2
+
+
+class DatabaseUnavailableError(WhodunitError):
+    """The database cannot be reached with the DSN given (or none was found)."""
+
+    exit_code = 2
+
+
+class PrivilegeError(WhodunitError):
+    """The connected role lacks a privilege the operation needs."""
+
+    exit_code = 2
+
+
+class SchemaNotInstalledError(WhodunitError):
+    """The ``whodunit`` schema is missing from the database."""
+
+
+class SchemaVersionError(WhodunitError):
+    """The installed schema is newer than this whodunit understands."""
+
+
+class GuardViolationError(WhodunitError):
+    """A prevention guard refused a statement (SQLSTATE ``WD001``)."""

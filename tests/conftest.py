@@ -1,0 +1,5 @@
+"""Test configuration: fixtures live in tests/fixtures, loaded as plugins."""
+
+from __future__ import annotations
+
+pytest_plugins = ["tests.fixtures.postgres"]
