@@ -130,6 +130,8 @@ def install(
                 f"v{latest_version()}: upgrade the whodunit package"
             )
         _check_targets(conn, schemas, exclude)
+        # Upgrades may drop whodunit's own objects, which the event triggers refuse otherwise.
+        conn.execute("SELECT set_config('whodunit.maintenance', 'on', true)")
         for migration in migrations():
             if (current or 0) < migration.version <= target:
                 conn.execute(migration.read())

@@ -273,9 +273,11 @@ $$;
 -- Whether the current transaction lifted the guards of a table.
 CREATE FUNCTION whodunit.guard_allowed(p_schema text, p_table text) RETURNS boolean
 LANGUAGE sql STABLE AS $$
-    SELECT coalesce(nullif(current_setting('whodunit.allow', true), ''), '-') = '*'
+    SELECT coalesce(
+        current_setting('whodunit.allow', true) = '*'
         OR ARRAY[p_table, p_schema || '.' || p_table]
-           && string_to_array(replace(current_setting('whodunit.allow', true), ' ', ''), ',')
+           && string_to_array(replace(current_setting('whodunit.allow', true), ' ', ''), ','),
+        false)
 $$;
 
 CREATE FUNCTION whodunit.refuse(p_guard text, p_schema text, p_table text, p_detail text)
@@ -691,6 +693,13 @@ DECLARE
     s       record;
     pending jsonb := '{}';
 BEGIN
+    -- DROP SCHEMA whodunit also drops these event triggers, so on_sql_drop would never
+    -- see it: refuse it here (a heuristic on the text, as nothing else is known yet).
+    IF TG_TAG = 'DROP SCHEMA' AND q ~* '\mwhodunit\M'
+       AND current_setting('whodunit.maintenance', true) IS DISTINCT FROM 'on' THEN
+        RAISE EXCEPTION 'the whodunit schema is dropped by ''whodunit uninstall --drop-trail'' only'
+            USING ERRCODE = 'WD002';
+    END IF;
     FOR t IN
         SELECT a.* FROM whodunit.audited_table a
         WHERE (TG_TAG = 'DROP TABLE' AND q ~* ('\m' || whodunit.regex_escape(a.table_name) || '\M'))
@@ -724,8 +733,8 @@ BEGIN
         RETURN;
     END IF;
     FOR d IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
-        IF d.schema_name = 'whodunit' AND current_setting('whodunit.maintenance', true) IS DISTINCT FROM 'on'
-           AND d.original THEN
+        IF (d.schema_name = 'whodunit' OR (d.object_type = 'schema' AND d.object_name = 'whodunit'))
+           AND current_setting('whodunit.maintenance', true) IS DISTINCT FROM 'on' THEN
             RAISE EXCEPTION 'whodunit objects are dropped by ''whodunit uninstall'' only (%)',
                 d.object_identity USING ERRCODE = 'WD002';
         END IF;
