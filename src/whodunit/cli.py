@@ -421,3 +421,7 @@ def demo(data_dir: Path | None) -> None:
 def main() -> None:
     """Entry point of the ``whodunit`` console script."""
     cli(prog_name="whodunit")
+
+
+if __name__ == "__main__":
+    main()
