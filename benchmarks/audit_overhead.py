@@ -32,8 +32,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from whodunit.db.embedded import LocalCluster, embedded_bin_dir  # noqa: E402
-from whodunit.db.install import install  # noqa: E402
+from whodunit.db.embedded import LocalCluster, embedded_bin_dir
+from whodunit.db.install import install
 
 TABLE_DDL = """
 CREATE TABLE {schema}.account (
@@ -59,14 +59,15 @@ SCHEMAS = ("plain", "audited")
 PGBENCH = {
     "insert": "INSERT INTO {schema}.account (name, email, score, bio, balance) VALUES "
     "('user x', 'x@example.com', :r, 'likes board games and long walks', 100.50);",
-    "update": "UPDATE {schema}.account SET score = score + 1, updated_at = now() "
-    "WHERE score = :r;",
+    "update": "UPDATE {schema}.account SET score = score + 1, updated_at = now() WHERE score = :r;",
     "delete": "DELETE FROM {schema}.account WHERE score = :r;",
 }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dsn", help="a superuser DSN (default: a throwaway embedded cluster)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=4.0, help="per pgbench run")
@@ -100,8 +101,12 @@ def run(dsn: str, args: argparse.Namespace) -> None:
         console.log(f"round {rnd}/{args.rounds}")
         for schema in _alternate(rnd):
             for kind in ("insert", "update", "delete"):
-                record(f"single-row {kind} (TPS)", schema, pgbench(dsn, schema, kind, 1, args.seconds))
-            record("8 writers insert (TPS)", schema, pgbench(dsn, schema, "insert", 8, args.seconds))
+                record(
+                    f"single-row {kind} (TPS)", schema, pgbench(dsn, schema, kind, 1, args.seconds)
+                )
+            record(
+                "8 writers insert (TPS)", schema, pgbench(dsn, schema, "insert", 8, args.seconds)
+            )
         for schema in _alternate(rnd):
             record("batched insert, 1000 rows/stmt (rows/s)", schema, batched_insert(dsn, schema))
         for schema in _alternate(rnd):
@@ -110,7 +115,9 @@ def run(dsn: str, args: argparse.Namespace) -> None:
             if schema == "audited":
                 record("audit bytes per deleted row", schema, per_row)
 
-    table = Table(title=f"whodunit audit overhead — PostgreSQL {server}, median of {args.rounds} rounds")
+    table = Table(
+        title=f"whodunit audit overhead — PostgreSQL {server}, median of {args.rounds} rounds"
+    )
     table.add_column("workload")
     table.add_column("no audit", justify="right")
     table.add_column("whodunit", justify="right")
@@ -195,7 +202,9 @@ def batched_insert(dsn: str, schema: str, statements: int = 30) -> float:
 
 def bulk_delete(dsn: str, schema: str, rows: int) -> tuple[float, float]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}.doomed (LIKE {schema}.account INCLUDING ALL)")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {schema}.doomed (LIKE {schema}.account INCLUDING ALL)"
+        )
         conn.execute(
             f"INSERT INTO {schema}.doomed (name, email, score, active, bio, balance) "
             f"SELECT {ROW_VALUES} FROM generate_series(1, %s) g",

@@ -26,9 +26,21 @@ def runner() -> CliRunner:
 class TestHelp:
     @pytest.mark.parametrize(
         "command",
-        [[], ["db"], ["db", "start"], ["install"], ["uninstall"], ["status"], ["guard"], ["configure"], ["demo"]],
+        [
+            [],
+            ["db"],
+            ["db", "start"],
+            ["install"],
+            ["uninstall"],
+            ["status"],
+            ["guard"],
+            ["configure"],
+            ["demo"],
+        ],
     )
-    def test_every_command_has_help_with_an_example(self, runner: CliRunner, command: list[str]) -> None:
+    def test_every_command_has_help_with_an_example(
+        self, runner: CliRunner, command: list[str]
+    ) -> None:
         """--help works everywhere and shows an example."""
         result = runner.invoke(cli, [*command, "--help"])
         assert 0 == result.exit_code
@@ -41,14 +53,20 @@ class TestDatabaseCommands:
         conn.execute("CREATE TABLE accounts (id int PRIMARY KEY)")
         result = runner.invoke(cli, ["install", "--dsn", dsn, "--json"])
         assert (0, ["accounts"]) == (result.exit_code, json.loads(result.output)["tables"])
-        result = runner.invoke(cli, ["guard", "accounts", "--max-rows", "5", "--dsn", dsn, "--json"])
+        result = runner.invoke(
+            cli, ["guard", "accounts", "--max-rows", "5", "--dsn", dsn, "--json"]
+        )
         assert 0 == result.exit_code, result.output
         result = runner.invoke(cli, ["status", "--dsn", dsn, "--json"])
         report = json.loads(result.output)
         assert (0, True) == (result.exit_code, report["current"])
-        assert {"max_rows": 5, "no_truncate": False, "no_drop": False} == report["tables"][0]["guard"]
+        assert {"max_rows": 5, "no_truncate": False, "no_drop": False} == report["tables"][0][
+            "guard"
+        ]
 
-    def test_status_of_a_database_without_whodunit_exits_1(self, runner: CliRunner, pg_server: Any) -> None:
+    def test_status_of_a_database_without_whodunit_exits_1(
+        self, runner: CliRunner, pg_server: Any
+    ) -> None:
         """status exits non-zero when the schema is missing, so scripts can test it."""
         result = runner.invoke(cli, ["status", "--dsn", pg_server.dsn])
         assert 1 == result.exit_code

@@ -35,7 +35,9 @@ class TestGuards:
         assert 'whodunit guard "max_rows" on public.players refused DELETE of 8 rows (limit 3)' == (
             info.value.diag.message_primary
         )
-        assert "set_config('whodunit.allow', 'public.players', true)" in str(info.value.diag.message_hint)
+        assert "set_config('whodunit.allow', 'public.players', true)" in str(
+            info.value.diag.message_hint
+        )
         assert 10 == rows(guarded)
 
     def test_small_delete_and_update_pass(self, guarded: Conn) -> None:
@@ -81,7 +83,7 @@ class TestGuards:
         guarded.execute("DROP TABLE scratch")
 
     def test_refusal_is_written_to_the_server_log(self, guarded: Conn) -> None:
-        """The refusal is raised at LOG level too, since the refused transaction's rows roll back."""
+        """The refusal is also raised at LOG level: the refused transaction's rows roll back."""
         seen: list[str] = []
         guarded.add_notice_handler(lambda diag: seen.append(str(diag.message_primary)))
         guarded.execute("SET client_min_messages = log")

@@ -25,10 +25,12 @@ def catalog(conn: Conn) -> list[tuple[Any, ...]]:
           AND c.relname NOT LIKE 'capture\\_%%'
         UNION ALL
         SELECT 'index', indexrelid::regclass::text, pg_get_indexdef(indexrelid)
-        FROM pg_index WHERE indrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'whodunit'::regnamespace)
+        FROM pg_index
+        WHERE indrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'whodunit'::regnamespace)
         UNION ALL
         SELECT 'function', p.oid::regprocedure::text, md5(p.prosrc)
-        FROM pg_proc p WHERE p.pronamespace = 'whodunit'::regnamespace AND p.proname NOT LIKE 'capture\\_%%'
+        FROM pg_proc p
+        WHERE p.pronamespace = 'whodunit'::regnamespace AND p.proname NOT LIKE 'capture\\_%%'
         UNION ALL
         SELECT 'event trigger', evtname, evtevent FROM pg_event_trigger
         ORDER BY 1, 2
@@ -41,13 +43,17 @@ def empty_db(pg_server: Any) -> Any:
     """A database without whodunit, as (superuser DSN, connection)."""
     name = "whodunit_bare"
     with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = pg_server.database_dsn(name)
     with psycopg.connect(dsn, autocommit=True) as conn:
         yield dsn, conn
     with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 class TestInstall:
@@ -63,7 +69,11 @@ class TestInstall:
         triggers = conn.execute(
             "SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass AND NOT tgisinternal"
         ).fetchone()
-        assert (installer.latest_version(), ["t"], 4) == (result.from_version, result.tables_enabled, triggers[0])
+        assert (installer.latest_version(), ["t"], 4) == (
+            result.from_version,
+            result.tables_enabled,
+            triggers[0],
+        )
         assert before == catalog(conn)
 
     def test_upgrade_from_previous_version_keeps_the_trail(self, empty_db: Any) -> None:
@@ -73,16 +83,26 @@ class TestInstall:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
         conn.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
         conn.execute("DELETE FROM t WHERE id = 1")
-        trail = conn.execute("SELECT * FROM whodunit.row_change ORDER BY statement_id, pk_hash").fetchall()
+        trail = conn.execute(
+            "SELECT * FROM whodunit.row_change ORDER BY statement_id, pk_hash"
+        ).fetchall()
         result = installer.install(conn, ["public"])
         assert (installer.latest_version() - 1, installer.latest_version()) == (
             result.from_version, result.to_version
         )  # fmt: skip
-        assert trail == conn.execute(
-            "SELECT * FROM whodunit.row_change ORDER BY statement_id, pk_hash"
-        ).fetchall()
+        assert (
+            trail
+            == conn.execute(
+                "SELECT * FROM whodunit.row_change ORDER BY statement_id, pk_hash"
+            ).fetchall()
+        )
         conn.execute("DELETE FROM t")
-        assert 3 == conn.execute("SELECT count(*) FROM whodunit.statement WHERE op <> 'DDL'").fetchone()[0]
+        assert (
+            3
+            == conn.execute("SELECT count(*) FROM whodunit.statement WHERE op <> 'DDL'").fetchone()[
+                0
+            ]
+        )
 
     def test_upgraded_catalog_equals_fresh_install(self, empty_db: Any, conn: Conn) -> None:
         """Upgrading from the previous version yields exactly the objects of a fresh install."""
@@ -113,7 +133,10 @@ class TestInstall:
 
     def test_install_needs_a_superuser(self, app_dsn: str) -> None:
         """A non-superuser gets a PrivilegeError naming the role, not a SQL error."""
-        with connect(app_dsn, autocommit=True) as app, pytest.raises(PrivilegeError, match="needs a superuser"):
+        with (
+            connect(app_dsn, autocommit=True) as app,
+            pytest.raises(PrivilegeError, match="needs a superuser"),
+        ):
             installer.install(app, ["public"])
 
     def test_bad_dsn_is_a_clear_error(self) -> None:
@@ -134,7 +157,9 @@ class TestInstall:
             "tracked": (True, ["a", "b"], {"max_rows": 10, "no_truncate": True, "no_drop": False}),
         } == rows
         assert report.trail_bytes > 0
-        assert {"whodunit_ddl_end", "whodunit_ddl_start", "whodunit_sql_drop"} == set(report.event_triggers)
+        assert {"whodunit_ddl_end", "whodunit_ddl_start", "whodunit_sql_drop"} == set(
+            report.event_triggers
+        )
 
 
 class TestUninstall:
@@ -144,7 +169,12 @@ class TestUninstall:
         conn.execute("INSERT INTO t VALUES (1)")
         assert ["t"] == installer.uninstall(conn)
         conn.execute("INSERT INTO t VALUES (2)")
-        assert 1 == conn.execute("SELECT count(*) FROM whodunit.statement WHERE op = 'INSERT'").fetchone()[0]
+        assert (
+            1
+            == conn.execute(
+                "SELECT count(*) FROM whodunit.statement WHERE op = 'INSERT'"
+            ).fetchone()[0]
+        )
         assert [] == conn.execute("SELECT evtname FROM pg_event_trigger").fetchall()
 
     def test_uninstall_with_drop_trail_removes_everything(self, conn: Conn) -> None:

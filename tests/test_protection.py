@@ -13,7 +13,8 @@ TAMPERING = [
     "UPDATE whodunit.statement SET actor_id = 'nobody'",
     "DELETE FROM whodunit.row_change",
     "TRUNCATE whodunit.statement",
-    "INSERT INTO whodunit.statement (id, at, txid, op, db_session_user, db_current_user, backend_pid) "
+    "INSERT INTO whodunit.statement "
+    "(id, at, txid, op, db_session_user, db_current_user, backend_pid) "
     "VALUES (-1, now(), '1', 'DELETE', 'x', 'x', 1)",
     "SELECT whodunit.disable_audit('t')",
     "SELECT whodunit.configure('query_max_bytes', '0')",
@@ -48,7 +49,9 @@ class TestAppRole:
     def test_app_event_identity_cannot_be_forged(self, app: Conn, conn: Conn) -> None:
         """The app records events through the function; the DB identity is filled in by it."""
         app.execute("SELECT whodunit.record_app_event('login_failed', 'user', '42', 'failure')")
-        found = conn.execute("SELECT action, outcome, db_session_user FROM whodunit.app_event").fetchone()
+        found = conn.execute(
+            "SELECT action, outcome, db_session_user FROM whodunit.app_event"
+        ).fetchone()
         assert ("login_failed", "failure", app.info.user) == found
 
     def test_dropping_the_capture_triggers_is_recorded(self, app: Conn, conn: Conn) -> None:

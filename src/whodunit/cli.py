@@ -196,7 +196,9 @@ def db_url(data_dir: Path | None) -> None:
     "--schema", "schemas", multiple=True, default=("public",), show_default=True,
     help="Schema to audit (repeatable); tables created there later are audited too.",
 )  # fmt: skip
-@click.option("--exclude", multiple=True, help="Table to leave out, TABLE or SCHEMA.TABLE (repeatable).")
+@click.option(
+    "--exclude", multiple=True, help="Table to leave out, TABLE or SCHEMA.TABLE (repeatable)."
+)
 @json_option
 @quiet_option
 @_handle_errors
@@ -377,7 +379,9 @@ def guard(
 
 @cli.command("configure", short_help="Change a capture setting (query size, NOTIFY, snapshots).")
 @dsn_option
-@click.argument("key", type=click.Choice(["query_max_bytes", "notify_min_rows", "snapshot_max_rows"]))
+@click.argument(
+    "key", type=click.Choice(["query_max_bytes", "notify_min_rows", "snapshot_max_rows"])
+)
 @click.argument("value", type=click.IntRange(min=0))
 @_handle_errors
 def configure(dsn: str | None, key: str, value: int) -> None:

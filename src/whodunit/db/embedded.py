@@ -175,7 +175,8 @@ class LocalCluster:
         exe = self.bin_dir / argv[0]
         if not exe.exists():
             raise DatabaseUnavailableError(
-                f"no {argv[0]} in {self.bin_dir}: install PostgreSQL there or pick another --bin-dir"
+                f"no {argv[0]} in {self.bin_dir}: "
+                "install PostgreSQL there or pick another --bin-dir"
             )
         owner = _service_user()
         result = subprocess.run(  # noqa: S603 - fixed executable, arguments are ours

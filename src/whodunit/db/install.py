@@ -57,7 +57,8 @@ class Migration:
 
     def read(self) -> str:
         """Return the migration's SQL text."""
-        return _sql_dir().joinpath("migrations", f"{self.version:04d}_{self.name}.sql").read_text()
+        path = _sql_dir().joinpath("migrations", f"{self.version:04d}_{self.name}.sql")
+        return str(path.read_text())
 
 
 def migrations() -> list[Migration]:
@@ -79,9 +80,7 @@ def installed_version(conn: psycopg.Connection[Any]) -> int | None:
     row = conn.execute("SELECT to_regclass('whodunit.meta') IS NOT NULL").fetchone()
     if not row or not row[0]:
         return None
-    found = conn.execute(
-        "SELECT value FROM whodunit.meta WHERE key = 'schema_version'"
-    ).fetchone()
+    found = conn.execute("SELECT value FROM whodunit.meta WHERE key = 'schema_version'").fetchone()
     return int(found[0]) if found else None
 
 
@@ -209,7 +208,9 @@ def uninstall(conn: psycopg.Connection[Any], *, drop_trail: bool = False) -> lis
             ).fetchall()
         ]
         for event_trigger in ("whodunit_ddl_start", "whodunit_ddl_end", "whodunit_sql_drop"):
-            conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(event_trigger)))
+            conn.execute(
+                sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(event_trigger))
+            )
         for regclass in tables:
             conn.execute("SELECT whodunit.disable_audit(%s::regclass)", (regclass,))
         if drop_trail:
@@ -315,7 +316,10 @@ def status(conn: psycopg.Connection[Any]) -> Status:
     ):
         result.tables.append(
             TableStatus(
-                row["name"], row["audited"], row["key_columns"], guards.get((row["nspname"], row["relname"]))
+                row["name"],
+                row["audited"],
+                row["key_columns"],
+                guards.get((row["nspname"], row["relname"])),
             )
         )
     for table in ("statement", "row_change", "app_event"):
@@ -369,4 +373,3 @@ def _regclass(conn: psycopg.Connection[Any], table: str) -> str:
 
 def _sql_dir() -> Any:
     return resources.files("whodunit.db").joinpath("sql")
-

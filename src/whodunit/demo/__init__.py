@@ -37,7 +37,9 @@ APP_CONTEXT = {
 }
 
 
-def run(cluster: LocalCluster | None = None, console: Console | None = None) -> list[dict[str, Any]]:
+def run(
+    cluster: LocalCluster | None = None, console: Console | None = None
+) -> list[dict[str, Any]]:
     """
     Replay the incident and print the trail; return the statement rows it captured.
 
@@ -66,10 +68,14 @@ def _replay(cluster: LocalCluster, server_dsn: str, console: Console) -> list[di
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(_sql("schema.sql"))
         result = install(conn, ["public"])
-        console.print(f"[green]✓[/] whodunit v{result.to_version} audits {len(result.tables_enabled)} tables")
+        console.print(
+            f"[green]✓[/] whodunit v{result.to_version} audits {len(result.tables_enabled)} tables"
+        )
 
     # 1. The application, with the request's context on each transaction.
-    with psycopg.connect(cluster.dsn(DEMO_DB, user="gameclub_app"), application_name="gameclub") as app:
+    with psycopg.connect(
+        cluster.dsn(DEMO_DB, user="gameclub_app"), application_name="gameclub"
+    ) as app:
         app.execute("SELECT set_config('whodunit.context', %s, true)", (json.dumps(APP_CONTEXT),))
         app.execute(_sql("traffic.sql"))
         app.commit()
@@ -87,7 +93,8 @@ def _replay(cluster: LocalCluster, server_dsn: str, console: Console) -> list[di
     with psycopg.connect(dsn, row_factory=dict_row) as conn:
         rows = conn.execute(
             "SELECT id, at, op, coalesce(command_tag, op) AS what, table_name, rows, "
-            "db_current_user, application_name, actor_name, correlation_id, left(query, 60) AS query "
+            "db_current_user, application_name, actor_name, correlation_id, "
+            "left(query, 60) AS query "
             "FROM whodunit.statement ORDER BY id"
         ).fetchall()
     _print_trail(rows, console)
@@ -106,7 +113,9 @@ def _print_trail(rows: list[dict[str, Any]], console: Console) -> None:
         )  # fmt: skip
     console.print(table)
     for r in filter(_destructive, rows):
-        console.print(f"  [red]#{r['id']}[/] {r['db_current_user']} via {r['application_name']}: {r['query']}")
+        console.print(
+            f"  [red]#{r['id']}[/] {r['db_current_user']} via {r['application_name']}: {r['query']}"
+        )
     console.print(
         "The DELETE and the DROP came from roles ops_dev and postgres in psql, with no app "
         "user: a person, not the app. The rows they removed are in whodunit.row_change."
