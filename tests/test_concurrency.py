@@ -36,7 +36,11 @@ class TestConcurrentWriters:
             ).fetchall()
         )
         deletes = WRITERS * len(range(0, PER_WRITER, 3))
-        assert {"INSERT": WRITERS * PER_WRITER, "UPDATE": WRITERS * PER_WRITER, "DELETE": deletes} == counts
+        assert {
+            "INSERT": WRITERS * PER_WRITER,
+            "UPDATE": WRITERS * PER_WRITER,
+            "DELETE": deletes,
+        } == counts
         duplicates = conn.execute(
             "SELECT count(*) FROM (SELECT statement_id, pk_hash FROM whodunit.row_change "
             "GROUP BY 1, 2 HAVING count(*) > 1) d"

@@ -42,8 +42,9 @@ CREATE TABLE whodunit.statement (
     id               bigint PRIMARY KEY DEFAULT nextval('whodunit.statement_id_seq'),
     at               timestamptz NOT NULL,
     txid             xid8 NOT NULL,
-    op               text NOT NULL
-                     CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'DDL')),
+    -- INSERT, UPDATE, DELETE, TRUNCATE or DDL. No CHECK constraint: its expression is
+    -- rebuilt from the catalog for every statement, a cost paid by every audited write.
+    op               text NOT NULL,
     schema_name      text,
     table_name       text,
     rows             bigint NOT NULL DEFAULT 0,
@@ -102,11 +103,11 @@ COMMENT ON COLUMN whodunit.row_change.pk_hash IS
 COMMENT ON COLUMN whodunit.row_change.old_row IS
     'UPDATE, DELETE, TRUNCATE, DROP TABLE: the row before the change.';
 COMMENT ON COLUMN whodunit.row_change.new_row IS 'INSERT, UPDATE: the row after the change.';
--- (statement_id, pk_hash): a statement's rows sit together at the growing end of the
--- index, so bulk captures stay cheap, and restore finds a statement's rows at once.
-CREATE INDEX row_change_statement ON whodunit.row_change (statement_id, pk_hash);
--- "Who deleted row X": a hash index on the key hash (random inserts: this is the
--- costliest part of a large capture, see docs/performance.md).
+-- A statement's rows sit together at the growing end of this index, and deduplication
+-- folds them into one entry: bulk captures stay cheap and restore finds them at once.
+CREATE INDEX row_change_statement ON whodunit.row_change (statement_id);
+-- "Who deleted row X": a hash index on the key hash. Its inserts land at random pages,
+-- the costliest part of a large capture (docs/performance.md).
 CREATE INDEX row_change_pk_hash ON whodunit.row_change USING hash (pk_hash);
 
 CREATE TABLE whodunit.app_event (
@@ -298,18 +299,24 @@ END $$;
 
 -- ---------------------------------------------------------------------------
 -- Capture: every audited table gets its own trigger function, generated from this
--- template with its name, key and settings written in. Static column references let
--- PostgreSQL keep one plan per query and read the key without parsing JSON: a generic
--- function cost 2-3x more per statement here. One call per statement (transition
--- tables hold the rows), and one per TRUNCATE.
+-- template with its name, key and settings written in. One call per statement (the rows
+-- arrive in transition tables) and one per TRUNCATE. Measured here, what a statement
+-- costs is mostly fixed set-up: every expression is initialised anew in each transaction
+-- (function look-up and permission check per call). So the template has static column
+-- references (no JSON parsing for the key), emits the guard only for guarded tables, and
+-- touches the app context only when one is set.
 CREATE FUNCTION whodunit.capture_function_sql(p_rel regclass, p_keys text[],
                                               p_max_rows bigint, p_no_truncate boolean)
 RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    r         record;
-    key_expr  text;
-    statement text;
+    r        record;
+    key_expr text;
+    columns  text := 'id, at, txid, op, schema_name, table_name, rows, rows_captured, query, '
+                     'db_session_user, db_current_user, client_addr, client_port, '
+                     'application_name, backend_pid';
+    values   text;
+    guard    text := '';
 BEGIN
     SELECT n.nspname, c.relname INTO r
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_rel;
@@ -320,19 +327,20 @@ BEGIN
         ELSE format('json_build_array(%s)::text',
                     (SELECT string_agg(format('x.%I', k), ', ') FROM unnest(p_keys) k))
     END;
-    -- The statement row; {op} differs between TRUNCATE and the rest.
-    statement := format($s$
-    INSERT INTO whodunit.statement (
-        id, at, txid, op, schema_name, table_name, rows, rows_captured, query,
-        db_session_user, db_current_user, client_addr, client_port, application_name,
-        backend_pid, actor_id, actor_name, correlation_id, trace_id, request_method,
-        request_path, client_ip, user_agent, context, context_error)
-    SELECT sid, statement_timestamp(), pg_current_xact_id(), {op}, %L, %L, n, saved,
-        left(current_query(), %s), session_user, whodunit.invoking_role(),
-        inet_client_addr(), inet_client_port(), current_setting('application_name'),
-        pg_backend_pid(), c.*
-    FROM whodunit.context_columns(current_setting('whodunit.context', true)) c$s$,
+    values := format(
+        'sid, statement_timestamp(), pg_current_xact_id(), TG_OP, %L, %L, n, saved, '
+        'left(current_query(), %s), session_user, whodunit.invoking_role(), '
+        'inet_client_addr(), inet_client_port(), current_setting(''application_name''), '
+        'pg_backend_pid()',
         r.nspname, r.relname, whodunit.setting_int('query_max_bytes'));
+    IF p_max_rows IS NOT NULL THEN
+        guard := format($g$
+    IF TG_OP IN ('UPDATE', 'DELETE') AND n > %1$s
+       AND NOT whodunit.guard_allowed(TG_TABLE_SCHEMA, TG_TABLE_NAME) THEN
+        PERFORM whodunit.refuse('max_rows', TG_TABLE_SCHEMA, TG_TABLE_NAME,
+                                format('%%s of %%s rows (limit %%s)', TG_OP, n, %1$s));
+    END IF;$g$, p_max_rows);
+    END IF;
     RETURN format($f$
 CREATE OR REPLACE FUNCTION whodunit.%1$I() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -343,8 +351,12 @@ DECLARE
     sid   bigint := nextval('whodunit.statement_id_seq');
     n     bigint;
     saved bigint;
+    ctx   text;
 BEGIN
-    IF TG_OP = 'DELETE' THEN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO whodunit.row_change (statement_id, pk_hash, new_row)
+        SELECT sid, hashtextextended(%3$s, 0), row_to_json(x) FROM new_rows x;
+    ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO whodunit.row_change (statement_id, pk_hash, old_row)
         SELECT sid, hashtextextended(%3$s, 0), row_to_json(x) FROM old_rows x;
     ELSIF TG_OP = 'UPDATE' THEN
@@ -356,9 +368,6 @@ BEGIN
               FROM old_rows x) o
         JOIN (SELECT row_number() OVER () AS rn, row_to_json(x) AS img FROM new_rows x) nw
         USING (rn);
-    ELSIF TG_OP = 'INSERT' THEN
-        INSERT INTO whodunit.row_change (statement_id, pk_hash, new_row)
-        SELECT sid, hashtextextended(%3$s, 0), row_to_json(x) FROM new_rows x;
     ELSE
         IF %4$L AND NOT whodunit.guard_allowed(TG_TABLE_SCHEMA, TG_TABLE_NAME) THEN
             PERFORM whodunit.refuse('no_truncate', TG_TABLE_SCHEMA, TG_TABLE_NAME, 'TRUNCATE');
@@ -366,25 +375,27 @@ BEGIN
         -- TRUNCATE: save the rows (up to the cap) while they are still there.
         INSERT INTO whodunit.row_change (statement_id, pk_hash, old_row)
         SELECT sid, hashtextextended(%3$s, 0), row_to_json(x) FROM %2$s x LIMIT %5$s;
-        GET DIAGNOSTICS saved = ROW_COUNT;
-        n := CASE WHEN saved < %5$s THEN saved ELSE (SELECT count(*) FROM %2$s) END;
-        %6$s;
-        PERFORM pg_notify('whodunit', sid::text);
-        RETURN NULL;
     END IF;
     GET DIAGNOSTICS n = ROW_COUNT;
-    IF n = 0 THEN
+    IF TG_OP = 'TRUNCATE' THEN
+        saved := n;
+        IF saved >= %5$s THEN
+            n := (SELECT count(*) FROM %2$s);
+        END IF;
+    ELSIF n = 0 THEN
         RETURN NULL;
+    END IF;%6$s
+    ctx := current_setting('whodunit.context', true);
+    IF ctx IS NULL OR ctx = '' THEN
+        INSERT INTO whodunit.statement (%7$s) VALUES (%8$s);
+    ELSE
+        INSERT INTO whodunit.statement (%7$s, actor_id, actor_name, correlation_id, trace_id,
+            request_method, request_path, client_ip, user_agent, context, context_error)
+        SELECT %8$s, c.* FROM whodunit.context_columns(ctx) c;
     END IF;
-    IF TG_OP <> 'INSERT' AND n > %7$s
-       AND NOT whodunit.guard_allowed(TG_TABLE_SCHEMA, TG_TABLE_NAME) THEN
-        PERFORM whodunit.refuse('max_rows', TG_TABLE_SCHEMA, TG_TABLE_NAME,
-                                format('%%s of %%s rows (limit %%s)', TG_OP, n, %7$s));
-    END IF;
-    %8$s;
     -- NOTIFY serialises committing transactions: only destructive statements wake the
     -- watcher, the rest is read by polling.
-    IF TG_OP <> 'INSERT' AND n >= %9$s THEN
+    IF TG_OP = 'TRUNCATE' OR (TG_OP <> 'INSERT' AND n >= %9$s) THEN
         PERFORM pg_notify('whodunit', sid::text);
     END IF;
     RETURN NULL;
@@ -393,10 +404,7 @@ $body$;
 ALTER FUNCTION whodunit.%1$I() OWNER TO whodunit;
 $f$,
         'capture_' || p_rel::oid, p_rel, key_expr, p_no_truncate,
-        whodunit.setting_int('snapshot_max_rows'),
-        replace(statement, '{op}', '''TRUNCATE'''),
-        coalesce(p_max_rows::text, 'NULL'),
-        replace(statement, '{op}', 'TG_OP'),
+        whodunit.setting_int('snapshot_max_rows'), guard, columns, values,
         whodunit.setting_int('notify_min_rows'));
 END $$;
 
