@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from whodunit.config import CaptureSettings
 from whodunit.errors import WhodunitError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,8 +33,15 @@ _errors = Console(stderr=True)
 class _Context:
     """State shared by the sub-commands of one invocation."""
 
-    def __init__(self, debug: bool) -> None:
+    def __init__(self, debug: bool, config: Path | None) -> None:
         self.debug = debug
+        self.config = config
+
+    def settings(self) -> Any:
+        """Load the settings file and environment (once a command needs them)."""
+        from whodunit.config import load
+
+        return load(self.config)
 
 
 def _handle_errors(func: F) -> F:
@@ -86,9 +94,15 @@ def _connection(dsn: str | None, data_dir: Path | None = None, **kwargs: Any) ->
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="WHODUNIT_CONFIG",
+    help="Settings file (whodunit.toml) [env: WHODUNIT_CONFIG].",
+)
 @click.version_option(package_name="whodunit")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, config: Path | None) -> None:
     """
     whodunit — who wiped the database, when, what, how and why; and the rows back.
 
@@ -97,8 +111,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
       whodunit db start                    # a local PostgreSQL, prints its DSN
       whodunit install --schema public     # audit every table of a schema
       whodunit status                      # what is audited, and how big the trail is
+      whodunit --config whodunit.toml install   # schemas, guards and limits from a file
     """
-    ctx.obj = _Context(debug)
+    ctx.obj = _Context(debug, config)
 
 
 # -- db -----------------------------------------------------------------------
@@ -193,20 +208,28 @@ def db_url(data_dir: Path | None) -> None:
 @cli.command(short_help="Install or upgrade auditing; audit every table of the schemas.")
 @dsn_option
 @click.option(
-    "--schema", "schemas", multiple=True, default=("public",), show_default=True,
-    help="Schema to audit (repeatable); tables created there later are audited too.",
+    "--schema", "schemas", multiple=True,
+    help="Schema to audit (repeatable; default: install.schemas of the settings, or public); "
+    "tables created there later are audited too.",
 )  # fmt: skip
 @click.option(
     "--exclude", multiple=True, help="Table to leave out, TABLE or SCHEMA.TABLE (repeatable)."
 )
 @json_option
 @quiet_option
+@click.pass_obj
 @_handle_errors
 def install(
-    dsn: str | None, schemas: tuple[str, ...], exclude: tuple[str, ...], as_json: bool, quiet: bool
+    obj: _Context,
+    dsn: str | None,
+    schemas: tuple[str, ...],
+    exclude: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """
-    Install whodunit's schema (or upgrade an older one) and audit the tables.
+    Install whodunit's schema (or upgrade an older one), audit the tables, and apply the
+    capture limits and guards of the settings file.
 
     Idempotent: run it again after deploys. Needs a superuser (event triggers).
 
@@ -214,10 +237,14 @@ def install(
     Examples:
       whodunit install
       whodunit install --schema public --schema billing --exclude sessions
+      whodunit --config whodunit.toml install --json
     """
     from whodunit.db import install as installer
 
-    with _connection(dsn, autocommit=True) as conn:
+    settings = obj.settings()
+    schemas = schemas or settings.install.schemas
+    exclude = exclude or settings.install.exclude
+    with _connection(dsn or settings.dsn, autocommit=True) as conn:
         show = not (quiet or as_json) and _console.is_terminal
         with Progress(console=_errors, transient=True, disable=not show) as progress:
             task = progress.add_task("auditing tables", total=None)
@@ -226,12 +253,14 @@ def install(
                 progress.update(task, total=total, completed=done, description=f"auditing {table}")
 
             result = installer.install(conn, schemas, exclude, progress=advance)
+        applied = installer.apply_settings(conn, settings.capture, settings.guards)
     if as_json:
         _emit_json(
             {
                 "from_version": result.from_version,
                 "to_version": result.to_version,
                 "tables": result.tables_enabled,
+                "applied": applied,
             }
         )
     elif not quiet:
@@ -244,6 +273,8 @@ def install(
             f"[green]whodunit schema {before} v{result.to_version}[/]; "
             f"{len(result.tables_enabled)} table(s) audited in {', '.join(schemas)}"
         )
+        for line in applied:
+            _console.print(f"  {line}")
 
 
 @cli.command(short_help="Stop auditing; keep the trail unless --drop-trail.")
@@ -379,9 +410,7 @@ def guard(
 
 @cli.command("configure", short_help="Change a capture setting (query size, NOTIFY, snapshots).")
 @dsn_option
-@click.argument(
-    "key", type=click.Choice(["query_max_bytes", "notify_min_rows", "snapshot_max_rows"])
-)
+@click.argument("key", type=click.Choice(list(CaptureSettings.__dataclass_fields__)))
 @click.argument("value", type=click.IntRange(min=0))
 @_handle_errors
 def configure(dsn: str | None, key: str, value: int) -> None:

@@ -9,8 +9,8 @@ got, so ``install`` on an older schema applies only the missing ones, in one tra
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from whodunit.config import CaptureSettings, Guard
 from whodunit.errors import ConfigError, PrivilegeError, SchemaNotInstalledError, SchemaVersionError
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Migration",
     "Status",
     "TableStatus",
+    "apply_settings",
     "configure",
     "install",
     "installed_version",
@@ -37,13 +39,9 @@ __all__ = [
     "uninstall",
 ]
 
-#: Settings stored in ``whodunit.setting``: name → (default, meaning).
-SETTINGS: dict[str, tuple[int, str]] = {
-    "query_max_bytes": (8192, "longest SQL text kept per statement"),
-    "notify_min_rows": (100, "DELETE/UPDATE row count that wakes the watcher at once"),
-    "snapshot_max_rows": (100_000, "rows saved per table before TRUNCATE or DROP TABLE"),
-}
-GUARD_FIELDS = ("max_rows", "no_truncate", "no_drop")
+#: The capture limits stored in ``whodunit.setting`` (defaults in CaptureSettings).
+SETTINGS = tuple(CaptureSettings.__dataclass_fields__)
+GUARD_FIELDS = tuple(Guard.__dataclass_fields__)
 
 Progress = Callable[[str, int, int], None]
 
@@ -229,6 +227,27 @@ def configure(conn: psycopg.Connection[Any], key: str, value: int) -> None:
     _require_installed(conn)
     with conn.transaction():
         conn.execute("SELECT whodunit.configure(%s, %s)", (key, str(value)))
+
+
+def apply_settings(
+    conn: psycopg.Connection[Any], capture: CaptureSettings, guards: Mapping[str, Guard]
+) -> list[str]:
+    """
+    Bring the database's capture limits and guards in line with the settings.
+
+    Only what differs is changed (a changed limit regenerates every capture function).
+    Returns one line per change, for the user.
+    """
+    current = dict(conn.execute("SELECT key, value FROM whodunit.setting").fetchall())
+    changes = []
+    for key, value in asdict(capture).items():
+        if current.get(key) != str(value):
+            configure(conn, key, value)
+            changes.append(f"{key} = {value}")
+    for table, guard in guards.items():
+        name = set_guard(conn, table, **asdict(guard))
+        changes.append(f"guard on {name}: {asdict(guard)}")
+    return changes
 
 
 def set_guard(
