@@ -331,3 +331,43 @@ class TestDdl:
         users.execute("INSERT INTO users (name) VALUES ('sneaky')")
         users.execute("RESET session_replication_role")
         assert 1 == len(statements(users, op="INSERT"))
+
+
+class TestHardening:
+    def test_partition_and_parent_are_each_captured_once(self, conn: Conn) -> None:
+        """A DELETE on the parent and one aimed at a partition are each recorded once."""
+        conn.execute("CREATE TABLE score (id int, v int, PRIMARY KEY (id)) PARTITION BY RANGE (id)")
+        conn.execute("CREATE TABLE score_low PARTITION OF score FOR VALUES FROM (0) TO (100)")
+        conn.execute("INSERT INTO score VALUES (1, 1), (2, 2)")
+        conn.execute("DELETE FROM score WHERE id = 1")
+        conn.execute("DELETE FROM score_low WHERE id = 2")
+        found = [(s["table_name"], s["rows"]) for s in statements(conn, op="DELETE")]
+        assert [("score", 1), ("score_low", 1)] == found
+
+    def test_replica_mode_does_not_hide_a_drop(self, users: Conn) -> None:
+        """Event triggers fire (ENABLE ALWAYS) under session_replication_role = replica."""
+        users.execute("INSERT INTO users (name) VALUES ('a')")
+        users.execute("SET session_replication_role = replica")
+        users.execute("DROP TABLE users")
+        users.execute("RESET session_replication_role")
+        [drop] = statements(users, command_tag="DROP TABLE")
+        assert (1, 1) == (drop["rows"], drop["rows_captured"])
+
+    def test_truncate_sees_rows_hidden_by_row_security(self, users: Conn) -> None:
+        """Row-level security does not hide rows from the TRUNCATE snapshot."""
+        users.execute("INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, 3) g")
+        users.execute("ALTER TABLE users ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY")
+        users.execute("TRUNCATE users")
+        [stmt] = statements(users, op="TRUNCATE")
+        assert (3, 3) == (stmt["rows"], stmt["rows_captured"])
+
+    def test_renamed_schema_is_recorded_under_its_new_name(self, conn: Conn) -> None:
+        """After ALTER SCHEMA ... RENAME, statements carry the new schema name."""
+        conn.execute("CREATE SCHEMA old_name")
+        conn.execute("CREATE TABLE old_name.t (id int PRIMARY KEY)")
+        conn.execute("SELECT whodunit.enable_audit('old_name.t')")
+        conn.execute("ALTER SCHEMA old_name RENAME TO new_name")
+        conn.execute("INSERT INTO new_name.t VALUES (1)")
+        conn.execute("TRUNCATE new_name.t")
+        found = [(s["op"], s["schema_name"]) for s in dml(conn)]
+        assert [("INSERT", "new_name"), ("TRUNCATE", "new_name")] == found

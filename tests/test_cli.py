@@ -113,3 +113,16 @@ class TestEmbedded:
         stopped = whodunit("db", "url")
         assert 2 == stopped.returncode
         assert "whodunit db start" in stopped.stderr
+
+    def test_restart_remembers_the_binaries(self, tmp_path: Path) -> None:
+        """A data directory made by PostgreSQL 15 restarts without naming its binaries again."""
+        from whodunit.db.embedded import LocalCluster
+
+        bin_dir = Path("/usr/lib/postgresql/15/bin")
+        if not (bin_dir / "postgres").exists():
+            pytest.fail("PostgreSQL 15 is not installed: run 'make test'")
+        LocalCluster(tmp_path / "pg15", bin_dir=bin_dir).start()
+        again = LocalCluster(tmp_path / "pg15")
+        assert again.running
+        assert "15" == again.version()
+        assert again.stop()

@@ -181,3 +181,42 @@ class TestUninstall:
         """--drop-trail removes the schema too."""
         installer.uninstall(conn, drop_trail=True)
         assert installer.installed_version(conn) is None
+
+
+class TestRepair:
+    def test_install_after_uninstall_restores_ddl_capture(self, conn: Conn) -> None:
+        """Event triggers come back with the next install, and status is healthy again."""
+        installer.uninstall(conn)
+        assert not installer.status(conn).healthy
+        installer.install(conn, ["public"])
+        conn.execute("CREATE TABLE after (id int PRIMARY KEY)")
+        assert installer.status(conn).healthy
+        assert ["after"] == [t.name for t in installer.status(conn).tables if t.audited]
+
+    def test_install_keeps_configured_limits(self, conn: Conn) -> None:
+        """Re-running install does not reset what 'whodunit configure' set."""
+        installer.configure(conn, "snapshot_max_rows", 7)
+        installer.install(conn, ["public"])
+        installer.apply_settings(conn, {}, {})
+        found = conn.execute("SELECT value FROM whodunit.setting WHERE key = 'snapshot_max_rows'")
+        assert ("7",) == found.fetchone()
+
+    def test_excluding_an_audited_table_stops_its_audit(self, conn: Conn) -> None:
+        """install --exclude T switches auditing of an already audited T off."""
+        conn.execute("CREATE TABLE noisy (id int PRIMARY KEY)")
+        installer.install(conn, ["public"], ["noisy"])
+        assert [] == [t.name for t in installer.status(conn).tables if t.audited]
+
+    def test_guard_on_unaudited_table_is_refused(self, conn: Conn) -> None:
+        """A row limit on a table whodunit does not audit would never apply: it is an error."""
+        conn.execute("CREATE SCHEMA elsewhere")
+        conn.execute("CREATE TABLE elsewhere.t (id int)")
+        with pytest.raises(ConfigError, match="is not audited"):
+            installer.set_guard(conn, "elsewhere.t", max_rows=5)
+
+    def test_non_superuser_gets_status_but_not_guard(self, app_dsn: str) -> None:
+        """Any role may read the status; changing guards needs a superuser."""
+        with connect(app_dsn, autocommit=True) as app:
+            assert installer.status(app).current
+            with pytest.raises(PrivilegeError, match="whodunit guard needs a superuser"):
+                installer.set_guard(app, "whodunit.meta", no_drop=True)

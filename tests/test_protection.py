@@ -80,3 +80,46 @@ class TestOwner:
         """DROP SCHEMA whodunit is refused outside 'whodunit uninstall'."""
         with pytest.raises(psycopg.DatabaseError, match="whodunit uninstall"):
             conn.execute("DROP SCHEMA whodunit CASCADE")
+
+
+class TestForgery:
+    def test_forged_pending_drop_cannot_remove_rows(self, app: Conn, conn: Conn) -> None:
+        """Setting whodunit.pending_drop by hand and running some other DROP removes nothing."""
+        before = conn.execute("SELECT count(*) FROM whodunit.row_change").fetchone()
+        statement_id = conn.execute("SELECT min(id) FROM whodunit.statement").fetchone()[0]
+        with app.transaction():
+            app.execute(
+                "SELECT set_config('whodunit.pending_drop', %s, true)",
+                (f'{{"1": [{statement_id}, 0, 0]}}',),
+            )
+            app.execute("CREATE VIEW v AS SELECT 1 AS one")
+            app.execute("DROP VIEW v")
+        assert before == conn.execute("SELECT count(*) FROM whodunit.row_change").fetchone()
+
+    def test_capture_functions_cannot_be_borrowed(self, app: Conn, conn: Conn) -> None:
+        """The app cannot attach another table's capture function to forge its trail."""
+        conn.execute("CREATE TABLE secret (id int PRIMARY KEY)")
+        oid = conn.execute("SELECT 'secret'::regclass::oid").fetchone()[0]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute(
+                f"CREATE TRIGGER fake AFTER DELETE ON t REFERENCING OLD TABLE AS old_rows "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION whodunit.capture_{oid}()"
+            )
+
+    def test_temp_table_cannot_shadow_the_catalog(self, app: Conn, conn: Conn) -> None:
+        """A temporary table named pg_class does not blind the privileged functions."""
+        app.execute("CREATE TEMP TABLE pg_class (oid oid, relname name)")
+        app.execute("CREATE TABLE innocent (id int PRIMARY KEY)")
+        audited = conn.execute(
+            "SELECT count(*) FROM whodunit.audited_table WHERE table_name = 'innocent'"
+        ).fetchone()
+        assert (1,) == audited
+
+    def test_owner_disabling_protection_is_recorded(self, conn: Conn) -> None:
+        """Even a superuser's ALTER TABLE on the trail leaves a DDL row."""
+        conn.execute("ALTER TABLE whodunit.statement DISABLE TRIGGER protect_trail")
+        conn.execute("ALTER TABLE whodunit.statement ENABLE ALWAYS TRIGGER protect_trail")
+        found = conn.execute(
+            "SELECT count(*) FROM whodunit.statement WHERE object_identity = 'whodunit.statement'"
+        ).fetchone()
+        assert (2,) == found

@@ -49,14 +49,19 @@ def _handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import psycopg
+
+        ctx = click.get_current_context()
+        state = ctx.find_object(_Context)
         try:
             return func(*args, **kwargs)
-        except WhodunitError as exc:
-            ctx = click.get_current_context()
-            if ctx.find_object(_Context) and ctx.find_object(_Context).debug:  # type: ignore[union-attr]
+        except (WhodunitError, psycopg.Error) as exc:
+            if state and state.debug:
                 raise
-            _errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            ctx.exit(exc.exit_code)
+            # A database error whodunit did not foresee still gets one line, not a traceback.
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            _errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            ctx.exit(getattr(exc, "exit_code", 1))
 
     return wrapper  # type: ignore[return-value]
 
@@ -82,10 +87,14 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print nothing b
 
 
 @contextmanager
-def _connection(dsn: str | None, data_dir: Path | None = None, **kwargs: Any) -> Iterator[Any]:
+def _connection(dsn: str | None, **kwargs: Any) -> Iterator[Any]:
+    """Connect to --dsn / WHODUNIT_DSN, else the settings file's dsn, else the embedded db."""
     from whodunit.db.connect import connect, resolve_dsn
 
-    conn = connect(resolve_dsn(dsn, data_dir), **kwargs)
+    if not dsn:
+        state = click.get_current_context().find_object(_Context)
+        dsn = state.settings().dsn if state else None
+    conn = connect(resolve_dsn(dsn), **kwargs)
     try:
         yield conn
     finally:
@@ -197,9 +206,14 @@ def db_url(data_dir: Path | None) -> None:
     Example:
       psql "$(whodunit db url)"
     """
-    from whodunit.db.connect import resolve_dsn
+    from whodunit.errors import DatabaseUnavailableError
 
-    click.echo(resolve_dsn(None, data_dir or _cluster(None).data_dir))
+    cluster = _cluster(data_dir)
+    if not cluster.running:
+        raise DatabaseUnavailableError(
+            f"the embedded PostgreSQL in {cluster.data_dir} is not running: run 'whodunit db start'"
+        )
+    click.echo(cluster.dsn())
 
 
 # -- install / uninstall / status ----------------------------------------------
@@ -264,13 +278,14 @@ def install(
             }
         )
     elif not quiet:
-        before = (
-            "installed" if result.from_version is None
-            else f"upgraded from v{result.from_version}" if result.from_version < result.to_version
-            else "already at"
+        done = (
+            f"installed v{result.to_version}" if result.from_version is None
+            else f"upgraded from v{result.from_version} to v{result.to_version}"
+            if result.from_version < result.to_version
+            else f"already at v{result.to_version}"
         )  # fmt: skip
         _console.print(
-            f"[green]whodunit schema {before} v{result.to_version}[/]; "
+            f"[green]whodunit schema {done}[/]; "
             f"{len(result.tables_enabled)} table(s) audited in {', '.join(schemas)}"
         )
         for line in applied:
@@ -311,7 +326,8 @@ def uninstall(dsn: str | None, drop_trail: bool, yes: bool, as_json: bool) -> No
 @_handle_errors
 def status(dsn: str | None, as_json: bool) -> None:
     """
-    Describe whodunit in the database. Exits 1 when the schema is missing or stale.
+    Describe whodunit in the database. Exits 1 when the schema is missing or stale, or
+    DDL capture is off (event triggers dropped or disabled).
 
     \b
     Examples:
@@ -325,10 +341,10 @@ def status(dsn: str | None, as_json: bool) -> None:
     with _connection(dsn) as conn:
         report = installer.status(conn)
     if as_json:
-        _emit_json({**asdict(report), "current": report.current})
+        _emit_json({**asdict(report), "current": report.current, "healthy": report.healthy})
     else:
         _print_status(report)
-    if not report.current:
+    if not report.healthy:
         sys.exit(1)
 
 
@@ -367,7 +383,11 @@ def _print_status(report: Any) -> None:
 @cli.command(short_help="Protect a table against mass deletes, TRUNCATE and DROP.")
 @dsn_option
 @click.argument("table")
-@click.option("--max-rows", type=click.IntRange(min=0), help="Refuse DELETE/UPDATE of more rows.")
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=0, max=2_147_483_647),
+    help="Refuse DELETE/UPDATE of more rows.",
+)
 @click.option("--no-truncate", is_flag=True, help="Refuse TRUNCATE.")
 @click.option("--no-drop", is_flag=True, help="Refuse DROP TABLE (and DROP SCHEMA ... CASCADE).")
 @click.option("--off", is_flag=True, help="Remove the table's guard.")
@@ -411,7 +431,7 @@ def guard(
 @cli.command("configure", short_help="Change a capture setting (query size, NOTIFY, snapshots).")
 @dsn_option
 @click.argument("key", type=click.Choice(list(CaptureSettings.__dataclass_fields__)))
-@click.argument("value", type=click.IntRange(min=0))
+@click.argument("value", type=click.IntRange(min=0, max=2_147_483_647))
 @_handle_errors
 def configure(dsn: str | None, key: str, value: int) -> None:
     """

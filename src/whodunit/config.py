@@ -52,7 +52,11 @@ class InstallSettings:
 
 @dataclass(frozen=True)
 class CaptureSettings:
-    """Limits the capture functions are generated with (see ``whodunit configure``)."""
+    """
+    The capture limits and their defaults (see ``whodunit configure``).
+
+    The database keeps the values in force; settings name only the ones to change.
+    """
 
     query_max_bytes: int = 8192
     notify_min_rows: int = 100
@@ -74,7 +78,7 @@ class Settings:
 
     dsn: str | None = None
     install: InstallSettings = field(default_factory=InstallSettings)
-    capture: CaptureSettings = field(default_factory=CaptureSettings)
+    capture: Mapping[str, int] = field(default_factory=dict)
     guards: Mapping[str, Guard] = field(default_factory=dict)
     source: str = "defaults"
 
@@ -154,14 +158,9 @@ def _install(values: dict[str, Any], source: str) -> InstallSettings:
     return InstallSettings(schemas, _names(values.get("exclude", []), "install.exclude", source))
 
 
-def _capture(values: dict[str, Any], source: str) -> CaptureSettings:
-    defaults = CaptureSettings()
-    _check_keys(values, set(defaults.__dataclass_fields__), "capture.", source)
-    limits = {
-        key: _limit(values.get(key, getattr(defaults, key)), f"capture.{key}", source)
-        for key in defaults.__dataclass_fields__
-    }
-    return CaptureSettings(**limits)
+def _capture(values: dict[str, Any], source: str) -> dict[str, int]:
+    _check_keys(values, set(CaptureSettings.__dataclass_fields__), "capture.", source)
+    return {key: _limit(value, f"capture.{key}", source) for key, value in values.items()}
 
 
 def _guards(values: Any, source: str) -> dict[str, Guard]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DatabaseUnavailableError",
-    "GuardViolationError",
     "PrivilegeError",
     "SchemaNotInstalledError",
     "SchemaVersionError",
@@ -53,7 +52,3 @@ class SchemaNotInstalledError(WhodunitError):
 
 class SchemaVersionError(WhodunitError):
     """The installed schema is newer than this whodunit understands."""
-
-
-class GuardViolationError(WhodunitError):
-    """A prevention guard refused a statement (SQLSTATE ``WD001``)."""

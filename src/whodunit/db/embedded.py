@@ -63,22 +63,25 @@ class LocalCluster:
 
     Args:
         data_dir: the cluster's data directory (created by :meth:`start` if empty).
-        bin_dir: where ``initdb``, ``pg_ctl`` and ``postgres`` live; the embedded
-            PostgreSQL 18 when omitted.
+        bin_dir: where ``initdb``, ``pg_ctl`` and ``postgres`` live. When omitted: the
+            binaries the data directory was created with, else the embedded PostgreSQL 18.
         port: the port number; with ``tcp=True`` the server also listens on
             127.0.0.1 at that port, otherwise it only names the socket file.
         settings: extra ``postgresql.conf`` lines, e.g. ``{"fsync": "off"}``.
     """
 
     data_dir: Path
-    bin_dir: Path = field(default_factory=embedded_bin_dir)
+    bin_dir: Path | None = None
     port: int = 5432
     tcp: bool = False
     settings: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
-        self.bin_dir = Path(self.bin_dir)
+        remembered = self.data_dir / "whodunit.bin_dir"
+        if self.bin_dir is None and remembered.exists():
+            self.bin_dir = Path(remembered.read_text().strip())
+        self.bin_dir = Path(self.bin_dir) if self.bin_dir else embedded_bin_dir()
 
     # -- state ---------------------------------------------------------------
 
@@ -166,12 +169,14 @@ class LocalCluster:
             "unix_socket_permissions": "0700",
             **self.settings,
         }
+        (self.data_dir / "whodunit.bin_dir").write_text(f"{self.bin_dir}\n")
         lines = ["# written by whodunit when the cluster was created"]
         lines += [f"{key} = {value}" for key, value in conf.items()]
         with (self.data_dir / "postgresql.conf").open("a") as handle:
             handle.write("\n".join(lines) + "\n")
 
     def _run(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        assert self.bin_dir is not None  # set by __post_init__
         exe = self.bin_dir / argv[0]
         if not exe.exists():
             raise DatabaseUnavailableError(

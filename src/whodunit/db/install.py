@@ -2,8 +2,9 @@
 Install, upgrade, inspect and remove whodunit's schema in an audited database.
 
 The schema is a chain of numbered migrations (``sql/migrations/NNNN_name.sql``), each
-complete for its version; ``whodunit.meta.schema_version`` records how far a database
-got, so ``install`` on an older schema applies only the missing ones, in one transaction.
+taking the previous version to the next; ``whodunit.meta.schema_version`` records how far
+a database got, so ``install`` applies only the missing ones, in one transaction.  The
+event triggers are re-made by every install (``sql/event_triggers.sql``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
 
 #: The capture limits stored in ``whodunit.setting`` (defaults in CaptureSettings).
 SETTINGS = tuple(CaptureSettings.__dataclass_fields__)
+MAX_SETTING = 2_147_483_647
 GUARD_FIELDS = tuple(Guard.__dataclass_fields__)
 
 Progress = Callable[[str, int, int], None]
@@ -132,6 +134,7 @@ def install(
         for migration in migrations():
             if (current or 0) < migration.version <= target:
                 conn.execute(migration.read())
+        conn.execute(_sql_dir().joinpath("event_triggers.sql").read_text())
         result = InstallResult(current, max(current or 0, target))
         result.tables_enabled = _enable_schemas(conn, schemas, exclude, progress)
     return result
@@ -175,11 +178,17 @@ def _enable_schemas(
         rows = conn.execute(
             "SELECT c.oid::regclass::text, c.relname FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
+            "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') "
             "ORDER BY c.relname",
             (schema,),
         ).fetchall()
         tables += [regclass for regclass, name in rows if name not in skipped]
+        # A table excluded now but audited before stops being audited.
+        conn.execute(
+            "SELECT whodunit.disable_audit(relid::regclass) FROM whodunit.audited_table "
+            "WHERE schema_name = %s AND table_name = ANY(%s)",
+            (schema, skipped),
+        )
     for done, regclass in enumerate(tables, 1):
         conn.execute("SELECT whodunit.enable_audit(%s::regclass)", (regclass,))
         if progress:
@@ -215,6 +224,14 @@ def uninstall(conn: psycopg.Connection[Any], *, drop_trail: bool = False) -> lis
             conn.execute("DROP SCHEMA whodunit CASCADE")
         else:
             conn.execute("DELETE FROM whodunit.audited_schema")
+        for (schema,) in conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE has_schema_privilege('whodunit', oid, 'USAGE') "
+            "AND nspname NOT IN ('whodunit', 'pg_catalog', 'information_schema', 'public') "
+            "AND nspname NOT LIKE 'pg\\_%%'"
+        ).fetchall():
+            conn.execute(
+                sql.SQL("REVOKE USAGE ON SCHEMA {} FROM whodunit").format(sql.Identifier(schema))
+            )
     return tables
 
 
@@ -222,25 +239,27 @@ def configure(conn: psycopg.Connection[Any], key: str, value: int) -> None:
     """Change a setting of :data:`SETTINGS` in the database (applies at once)."""
     if key not in SETTINGS:
         raise ConfigError(f"unknown setting {key!r}: known settings are {', '.join(SETTINGS)}")
-    if value < 0:
-        raise ConfigError(f"setting {key} must be 0 or more, got {value}")
+    if not 0 <= value <= MAX_SETTING:
+        raise ConfigError(f"setting {key} must be from 0 to {MAX_SETTING}, got {value}")
+    _require_superuser(conn, "whodunit configure")
     _require_installed(conn)
     with conn.transaction():
         conn.execute("SELECT whodunit.configure(%s, %s)", (key, str(value)))
 
 
 def apply_settings(
-    conn: psycopg.Connection[Any], capture: CaptureSettings, guards: Mapping[str, Guard]
+    conn: psycopg.Connection[Any], capture: Mapping[str, int], guards: Mapping[str, Guard]
 ) -> list[str]:
     """
     Bring the database's capture limits and guards in line with the settings.
 
-    Only what differs is changed (a changed limit regenerates every capture function).
+    Only limits the settings name, and only where they differ, are changed (a changed
+    limit regenerates every capture function); 'whodunit configure' values stay otherwise.
     Returns one line per change, for the user.
     """
     current = dict(conn.execute("SELECT key, value FROM whodunit.setting").fetchall())
     changes = []
-    for key, value in asdict(capture).items():
+    for key, value in capture.items():
         if current.get(key) != str(value):
             configure(conn, key, value)
             changes.append(f"{key} = {value}")
@@ -263,10 +282,19 @@ def set_guard(
 
     Returns the table's qualified name.
     """
-    if max_rows is not None and max_rows < 0:
-        raise ConfigError(f"--max-rows must be 0 or more, got {max_rows}")
+    if max_rows is not None and not 0 <= max_rows <= MAX_SETTING:
+        raise ConfigError(f"--max-rows must be from 0 to {MAX_SETTING}, got {max_rows}")
+    _require_superuser(conn, "whodunit guard")
     _require_installed(conn)
     regclass = _regclass(conn, table)
+    audited = conn.execute(
+        "SELECT EXISTS (SELECT FROM whodunit.audited_table WHERE relid = %s::regclass)", (regclass,)
+    ).fetchone()
+    if (max_rows is not None or no_truncate) and not (audited and audited[0]):
+        raise ConfigError(
+            f"{regclass} is not audited, so --max-rows and --no-truncate cannot apply: "
+            "run 'whodunit install' for its schema first"
+        )
     with conn.transaction():
         conn.execute(
             "SELECT whodunit.set_guard(%s::regclass, %s, %s, %s)",
@@ -304,6 +332,12 @@ class Status:
         """Whether the installed schema is the one this whodunit installs."""
         return self.installed_version == self.latest_version
 
+    @property
+    def healthy(self) -> bool:
+        """Current, and all three event triggers present and enabled (DDL is captured)."""
+        triggers = self.event_triggers
+        return self.current and len(triggers) == 3 and "D" not in triggers.values()
+
 
 def status(conn: psycopg.Connection[Any]) -> Status:
     """Describe the schema version, the audited and un-audited tables, guards and trail size."""
@@ -329,7 +363,7 @@ def status(conn: psycopg.Connection[Any]) -> Status:
         "a.relid IS NOT NULL AS audited FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "LEFT JOIN whodunit.audited_table a ON a.relid = c.oid "
-        "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
+        "WHERE c.relkind IN ('r', 'p') "
         "AND n.nspname NOT IN ('whodunit', 'pg_catalog', 'information_schema') "
         "AND n.nspname NOT LIKE 'pg\\_%%' ORDER BY n.nspname, c.relname"
     ):
@@ -360,15 +394,15 @@ def status(conn: psycopg.Connection[Any]) -> Status:
     return result
 
 
-def _require_superuser(conn: psycopg.Connection[Any]) -> None:
+def _require_superuser(conn: psycopg.Connection[Any], what: str = "whodunit install") -> None:
     row = conn.execute(
         "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
     ).fetchone()
     if not row or not row[1]:
         user = row[0] if row else "?"
         raise PrivilegeError(
-            f"whodunit install needs a superuser (event triggers and triggers on every "
-            f"table), connected as {user!r}: connect as a superuser, e.g. postgres"
+            f"{what} needs a superuser (it changes triggers and event triggers), "
+            f"connected as {user!r}: connect as a superuser, e.g. postgres"
         )
 
 
