@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import orjson
 import psycopg
+from _environment import environment  # the script's own folder is on sys.path
 from rich.console import Console
 from rich.table import Table
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from whodunit.db.embedded import LocalCluster, embedded_bin_dir
 from whodunit.db.install import install
@@ -141,13 +138,7 @@ def run(dsn: str, args: argparse.Namespace) -> None:
         table.add_row(name, f"{plain:,.0f}", f"{audited:,.0f}", f"{audited / plain:.2f}")
         summary[keys[name]] = round(audited / plain, 3)
     Console().print(table)
-    summary.update(
-        postgres=server,
-        python=platform.python_version(),
-        cpu=_cpu(),
-        commit=_commit(),
-        rounds=args.rounds,
-    )
+    summary.update(postgres=server, rounds=args.rounds, **environment())
     print(orjson.dumps(summary).decode())
 
 
@@ -232,26 +223,6 @@ def _trail_bytes(conn: psycopg.Connection) -> int:
 def _alternate(rnd: int) -> tuple[str, ...]:
     """Swap which variant goes first each round, so warm-up effects cancel."""
     return SCHEMAS if rnd % 2 else SCHEMAS[::-1]
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":
