@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from whodunit.config import CaptureSettings
+from whodunit.config import MAX_LIMIT, CaptureSettings
 from whodunit.errors import WhodunitError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -385,7 +385,7 @@ def _print_status(report: Any) -> None:
 @click.argument("table")
 @click.option(
     "--max-rows",
-    type=click.IntRange(min=0, max=2_147_483_647),
+    type=click.IntRange(min=0, max=MAX_LIMIT),
     help="Refuse DELETE/UPDATE of more rows.",
 )
 @click.option("--no-truncate", is_flag=True, help="Refuse TRUNCATE.")
@@ -431,7 +431,7 @@ def guard(
 @cli.command("configure", short_help="Change a capture setting (query size, NOTIFY, snapshots).")
 @dsn_option
 @click.argument("key", type=click.Choice(list(CaptureSettings.__dataclass_fields__)))
-@click.argument("value", type=click.IntRange(min=0, max=2_147_483_647))
+@click.argument("value", type=click.IntRange(min=0, max=MAX_LIMIT))
 @_handle_errors
 def configure(dsn: str | None, key: str, value: int) -> None:
     """

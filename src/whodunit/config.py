@@ -37,9 +37,10 @@ from typing import Any
 
 from whodunit.errors import ConfigError
 
-__all__ = ["CaptureSettings", "Guard", "InstallSettings", "Settings", "load"]
+__all__ = ["MAX_LIMIT", "CaptureSettings", "Guard", "InstallSettings", "Settings", "load"]
 
-_MAX_INT = 2_147_483_647
+#: The largest limit a setting may take (PostgreSQL integer).
+MAX_LIMIT = 2_147_483_647
 
 
 @dataclass(frozen=True)
@@ -185,9 +186,9 @@ def _guards(values: Any, source: str) -> dict[str, Guard]:
 
 
 def _limit(value: Any, name: str, source: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INT:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LIMIT:
         raise ConfigError(
-            f"{name} in {source} must be a whole number from 0 to {_MAX_INT}, got {value!r}"
+            f"{name} in {source} must be a whole number from 0 to {MAX_LIMIT}, got {value!r}"
         )
     return value
 

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from whodunit.config import CaptureSettings, Guard
+from whodunit.config import MAX_LIMIT, CaptureSettings, Guard
 from whodunit.errors import ConfigError, PrivilegeError, SchemaNotInstalledError, SchemaVersionError
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
 
 #: The capture limits stored in ``whodunit.setting`` (defaults in CaptureSettings).
 SETTINGS = tuple(CaptureSettings.__dataclass_fields__)
-MAX_SETTING = 2_147_483_647
 GUARD_FIELDS = tuple(Guard.__dataclass_fields__)
 
 Progress = Callable[[str, int, int], None]
@@ -239,8 +238,8 @@ def configure(conn: psycopg.Connection[Any], key: str, value: int) -> None:
     """Change a setting of :data:`SETTINGS` in the database (applies at once)."""
     if key not in SETTINGS:
         raise ConfigError(f"unknown setting {key!r}: known settings are {', '.join(SETTINGS)}")
-    if not 0 <= value <= MAX_SETTING:
-        raise ConfigError(f"setting {key} must be from 0 to {MAX_SETTING}, got {value}")
+    if not 0 <= value <= MAX_LIMIT:
+        raise ConfigError(f"setting {key} must be from 0 to {MAX_LIMIT}, got {value}")
     _require_superuser(conn, "whodunit configure")
     _require_installed(conn)
     with conn.transaction():
@@ -282,8 +281,8 @@ def set_guard(
 
     Returns the table's qualified name.
     """
-    if max_rows is not None and not 0 <= max_rows <= MAX_SETTING:
-        raise ConfigError(f"--max-rows must be from 0 to {MAX_SETTING}, got {max_rows}")
+    if max_rows is not None and not 0 <= max_rows <= MAX_LIMIT:
+        raise ConfigError(f"--max-rows must be from 0 to {MAX_LIMIT}, got {max_rows}")
     _require_superuser(conn, "whodunit guard")
     _require_installed(conn)
     regclass = _regclass(conn, table)
