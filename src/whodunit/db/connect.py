@@ -1,8 +1,9 @@
 """
 Finding and opening the audited database.
 
-The DSN comes from ``--dsn``, else ``WHODUNIT_DSN``, else the embedded cluster started
-by ``whodunit db start``.  Errors name the DSN with its password masked.
+The DSN comes from ``--dsn``, else ``WHODUNIT_DSN``, else the settings file's ``dsn``
+(the CLI passes it in), else the embedded cluster started by ``whodunit db start``.
+Errors name the DSN with its password masked.
 """
 
 from __future__ import annotations

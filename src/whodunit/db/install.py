@@ -333,9 +333,9 @@ class Status:
 
     @property
     def healthy(self) -> bool:
-        """Current, and all three event triggers present and enabled (DDL is captured)."""
+        """Current, and all three event triggers present and ENABLE ALWAYS (DDL is captured)."""
         triggers = self.event_triggers
-        return self.current and len(triggers) == 3 and "D" not in triggers.values()
+        return self.current and len(triggers) == 3 and set(triggers.values()) == {"A"}
 
 
 def status(conn: psycopg.Connection[Any]) -> Status:

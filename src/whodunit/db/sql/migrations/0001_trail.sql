@@ -322,8 +322,7 @@ DECLARE
     values   text;
     guard    text := '';
 BEGIN
-    SELECT n.nspname, c.relname INTO r
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_rel;
+    SELECT c.relkind INTO r FROM pg_class c WHERE c.oid = p_rel;
     -- Must render exactly as whodunit.key_text() does from a row image.
     key_expr := CASE cardinality(p_keys)
         WHEN 0 THEN 'row_to_json(x)::text'
@@ -412,7 +411,10 @@ ALTER FUNCTION whodunit.%1$I() OWNER TO whodunit;
 REVOKE ALL ON FUNCTION whodunit.%1$I() FROM PUBLIC;
 $f$,
         'capture_' || p_rel::oid, p_rel, key_expr, p_no_truncate,
-        whodunit.setting_int('snapshot_max_rows'), guard, columns, values,
+        -- A partitioned table holds no rows: each partition's own trigger saves them,
+        -- the parent's statement only counts them.
+        CASE WHEN r.relkind = 'p' THEN 0 ELSE whodunit.setting_int('snapshot_max_rows') END,
+        guard, columns, values,
         whodunit.setting_int('notify_min_rows'));
 END $$;
 
