@@ -20,7 +20,9 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/audit_overhead.py
+	$(PY) benchmarks/log_throughput.py
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
