@@ -201,8 +201,14 @@ class TestTableShapes:
             "CREATE TABLE membership (club int, member int, role text, PRIMARY KEY (club, member))"
         )
         conn.execute("CREATE TABLE loose (a int, b text)")
+        conn.execute("CREATE TABLE by_uuid (id uuid PRIMARY KEY)")
+        conn.execute("CREATE TABLE by_text (id text PRIMARY KEY)")
+        conn.execute("CREATE TABLE by_time (id timestamptz PRIMARY KEY)")
         conn.execute("INSERT INTO membership VALUES (1, 2, 'admin')")
         conn.execute("INSERT INTO loose VALUES (1, 'x')")
+        conn.execute("INSERT INTO by_uuid VALUES ('11111111-1111-1111-1111-111111111111')")
+        conn.execute("INSERT INTO by_text VALUES (E'quote \" and \\\\ backslash')")
+        conn.execute("INSERT INTO by_time VALUES ('2026-01-02 03:04:05+00')")
         mismatches = conn.execute(
             "SELECT count(*) FROM whodunit.row_change rc "
             "JOIN whodunit.statement s ON s.id = rc.statement_id "
