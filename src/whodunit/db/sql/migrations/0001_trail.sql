@@ -105,9 +105,12 @@ COMMENT ON COLUMN whodunit.row_change.pk_hash IS
 COMMENT ON COLUMN whodunit.row_change.old_row IS
     'UPDATE, DELETE, TRUNCATE, DROP TABLE: the row before the change.';
 COMMENT ON COLUMN whodunit.row_change.new_row IS 'INSERT, UPDATE: the row after the change.';
--- A statement's rows sit together at the growing end of this index, and deduplication
--- folds them into one entry: bulk captures stay cheap and restore finds them at once.
-CREATE INDEX row_change_statement ON whodunit.row_change (statement_id);
+-- A statement's rows are written together, so its id spans a few pages: a BRIN index
+-- finds them for restore at almost no cost per row. Measured here against a B-tree, a
+-- 100k-row DELETE ran ~40% faster and single-row writes no slower (the benchmark
+-- VACUUMs first, so it includes inserts that widen a summarised last range).
+CREATE INDEX row_change_statement ON whodunit.row_change
+    USING brin (statement_id) WITH (pages_per_range = 16);
 -- No index on pk_hash in the write path: its inserts land on random pages, and measured
 -- here it took a quarter of 8 concurrent writers' throughput and half the time of a
 -- 100k-row DELETE. "Who changed row X" finds the table's statements first and then
