@@ -8,97 +8,27 @@ One click group; each area adds its commands here.  Errors whodunit raises on pu
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-import orjson
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from whodunit._clikit import (
+    CLIState,
+    connection,
+    console,
+    data_dir_option,
+    dsn_option,
+    emit_json,
+    error_console,
+    handle_errors,
+    json_option,
+    quiet_option,
+)
 from whodunit.config import MAX_LIMIT, CaptureSettings
-from whodunit.errors import WhodunitError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-_console = Console()
-_errors = Console(stderr=True)
-
-
-class _Context:
-    """State shared by the sub-commands of one invocation."""
-
-    def __init__(self, debug: bool, config: Path | None) -> None:
-        self.debug = debug
-        self.config = config
-
-    def settings(self) -> Any:
-        """Load the settings file and environment (once a command needs them)."""
-        from whodunit.config import load
-
-        return load(self.config)
-
-
-def _handle_errors(func: F) -> F:
-    """Turn a WhodunitError into a clean one-line message and its exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import psycopg
-
-        ctx = click.get_current_context()
-        state = ctx.find_object(_Context)
-        try:
-            return func(*args, **kwargs)
-        except (WhodunitError, psycopg.Error) as exc:
-            if state and state.debug:
-                raise
-            # A database error whodunit did not foresee still gets one line, not a traceback.
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            _errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-            ctx.exit(getattr(exc, "exit_code", 1))
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
-
-
-dsn_option = click.option(
-    "--dsn",
-    envvar="WHODUNIT_DSN",
-    help="PostgreSQL URI of the audited database [env: WHODUNIT_DSN]; default: the "
-    "settings file's dsn, else the embedded database started by 'whodunit db start'.",
-)
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    envvar="WHODUNIT_DATA_DIR",
-    help="Data directory of the embedded database [env: WHODUNIT_DATA_DIR].",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-
-
-@contextmanager
-def _connection(dsn: str | None, **kwargs: Any) -> Iterator[Any]:
-    """Connect to --dsn / WHODUNIT_DSN, else the settings file's dsn, else the embedded db."""
-    from whodunit.db.connect import connect, resolve_dsn
-
-    if not dsn:
-        state = click.get_current_context().find_object(_Context)
-        dsn = state.settings().dsn if state else None
-    conn = connect(resolve_dsn(dsn), **kwargs)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -122,7 +52,7 @@ def cli(ctx: click.Context, debug: bool, config: Path | None) -> None:
       whodunit status                      # what is audited, and how big the trail is
       whodunit --config whodunit.toml install   # schemas, guards and limits from a file
     """
-    ctx.obj = _Context(debug, config)
+    ctx.obj = CLIState(debug, config)
 
 
 # -- db -----------------------------------------------------------------------
@@ -161,7 +91,7 @@ def _cluster(data_dir: Path | None, bin_dir: Path | None = None) -> Any:
     "/usr/lib/postgresql/15/bin (only when the data directory is new).",
 )
 @json_option
-@_handle_errors
+@handle_errors
 def db_start(data_dir: Path | None, bin_dir: Path | None, as_json: bool) -> None:
     """
     Create the data directory if needed, start the server, print the DSN last.
@@ -174,15 +104,15 @@ def db_start(data_dir: Path | None, bin_dir: Path | None, as_json: bool) -> None
     cluster = _cluster(data_dir, bin_dir)
     dsn = cluster.start()
     if as_json:
-        _emit_json({"dsn": dsn, "data_dir": str(cluster.data_dir), "version": cluster.version()})
+        emit_json({"dsn": dsn, "data_dir": str(cluster.data_dir), "version": cluster.version()})
     else:
-        _errors.print(f"PostgreSQL {cluster.version()} running in {cluster.data_dir}")
+        error_console.print(f"PostgreSQL {cluster.version()} running in {cluster.data_dir}")
         click.echo(dsn)
 
 
 @db.command("stop", short_help="Stop the embedded database.")
 @data_dir_option
-@_handle_errors
+@handle_errors
 def db_stop(data_dir: Path | None) -> None:
     """
     Stop the server (fast shutdown: open transactions roll back).
@@ -197,7 +127,7 @@ def db_stop(data_dir: Path | None) -> None:
 
 @db.command("url", short_help="Print the DSN of the running embedded database.")
 @data_dir_option
-@_handle_errors
+@handle_errors
 def db_url(data_dir: Path | None) -> None:
     """
     Print the DSN, or fail with exit code 2 when the server is not running.
@@ -232,9 +162,9 @@ def db_url(data_dir: Path | None) -> None:
 @json_option
 @quiet_option
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def install(
-    obj: _Context,
+    obj: CLIState,
     dsn: str | None,
     schemas: tuple[str, ...],
     exclude: tuple[str, ...],
@@ -258,9 +188,9 @@ def install(
     settings = obj.settings()
     schemas = schemas or settings.install.schemas
     exclude = exclude or settings.install.exclude
-    with _connection(dsn or settings.dsn, autocommit=True) as conn:
-        show = not (quiet or as_json) and _console.is_terminal
-        with Progress(console=_errors, transient=True, disable=not show) as progress:
+    with connection(dsn or settings.dsn, autocommit=True) as conn:
+        show = not (quiet or as_json) and console.is_terminal
+        with Progress(console=error_console, transient=True, disable=not show) as progress:
             task = progress.add_task("auditing tables", total=None)
 
             def advance(table: str, done: int, total: int) -> None:
@@ -269,7 +199,7 @@ def install(
             result = installer.install(conn, schemas, exclude, progress=advance)
         applied = installer.apply_settings(conn, settings.capture, settings.guards)
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "from_version": result.from_version,
                 "to_version": result.to_version,
@@ -284,12 +214,12 @@ def install(
             if result.from_version < result.to_version
             else f"already at v{result.to_version}"
         )  # fmt: skip
-        _console.print(
+        console.print(
             f"[green]whodunit schema {done}[/]; "
             f"{len(result.tables_enabled)} table(s) audited in {', '.join(schemas)}"
         )
         for line in applied:
-            _console.print(f"  {line}")
+            console.print(f"  {line}")
 
 
 @cli.command(short_help="Stop auditing; keep the trail unless --drop-trail.")
@@ -297,7 +227,7 @@ def install(
 @click.option("--drop-trail", is_flag=True, help="Also drop the whodunit schema and the trail.")
 @click.option("--yes", is_flag=True, help="Do it (without it, nothing changes).")
 @json_option
-@_handle_errors
+@handle_errors
 def uninstall(dsn: str | None, drop_trail: bool, yes: bool, as_json: bool) -> None:
     """
     Remove the triggers and event triggers; the trail stays as read-only history.
@@ -311,19 +241,19 @@ def uninstall(dsn: str | None, drop_trail: bool, yes: bool, as_json: bool) -> No
 
     if not yes:
         raise click.UsageError("uninstall changes the database: add --yes to go ahead")
-    with _connection(dsn, autocommit=True) as conn:
+    with connection(dsn, autocommit=True) as conn:
         tables = installer.uninstall(conn, drop_trail=drop_trail)
     if as_json:
-        _emit_json({"tables": tables, "trail_dropped": drop_trail})
+        emit_json({"tables": tables, "trail_dropped": drop_trail})
     else:
         kept = "dropped" if drop_trail else "kept"
-        _console.print(f"auditing removed from {len(tables)} table(s); trail {kept}")
+        console.print(f"auditing removed from {len(tables)} table(s); trail {kept}")
 
 
 @cli.command(short_help="Show the schema version, audited tables, guards and trail size.")
 @dsn_option
 @json_option
-@_handle_errors
+@handle_errors
 def status(dsn: str | None, as_json: bool) -> None:
     """
     Describe whodunit in the database. Exits 1 when the schema is missing or stale, or
@@ -338,10 +268,10 @@ def status(dsn: str | None, as_json: bool) -> None:
 
     from whodunit.db import install as installer
 
-    with _connection(dsn) as conn:
+    with connection(dsn) as conn:
         report = installer.status(conn)
     if as_json:
-        _emit_json({**asdict(report), "current": report.current, "healthy": report.healthy})
+        emit_json({**asdict(report), "current": report.current, "healthy": report.healthy})
     else:
         _print_status(report)
     if not report.healthy:
@@ -350,7 +280,7 @@ def status(dsn: str | None, as_json: bool) -> None:
 
 def _print_status(report: Any) -> None:
     if report.installed_version is None:
-        _console.print(
+        console.print(
             f"[bold red]whodunit is not installed[/] (PostgreSQL {report.server_version}): "
             "run 'whodunit install'"
         )
@@ -360,7 +290,7 @@ def _print_status(report: Any) -> None:
         else f"[yellow]v{report.latest_version} available: run 'whodunit install'[/]"
     )  # fmt: skip
     audited = [t for t in report.tables if t.audited]
-    _console.print(
+    console.print(
         f"whodunit schema v{report.installed_version} ({state}) on PostgreSQL "
         f"{report.server_version} — {len(audited)}/{len(report.tables)} tables audited, "
         f"trail {report.trail_bytes / 1e6:.1f} MB "
@@ -374,9 +304,9 @@ def _print_status(report: Any) -> None:
         key = ", ".join(t.key_columns) if t.key_columns else ("whole row" if t.audited else "")
         guard = ", ".join(f"{k}={v}" for k, v in (t.guard or {}).items() if v not in (None, False))
         table.add_row(t.name, "[green]yes[/]" if t.audited else "[red]no[/]", key, guard)
-    _console.print(table)
+    console.print(table)
     if report.current and not report.healthy:
-        _console.print(
+        console.print(
             "[bold red]event triggers missing or not ENABLE ALWAYS[/]: DDL may go uncaptured; "
             "run 'whodunit install' to restore them"
         )
@@ -394,7 +324,7 @@ def _print_status(report: Any) -> None:
 @click.option("--no-drop", is_flag=True, help="Refuse DROP TABLE (and DROP SCHEMA ... CASCADE).")
 @click.option("--off", is_flag=True, help="Remove the table's guard.")
 @json_option
-@_handle_errors
+@handle_errors
 def guard(
     dsn: str | None,
     table: str,
@@ -419,22 +349,22 @@ def guard(
         raise click.UsageError("--off removes the guard: give it alone")
     if not off and max_rows is None and not (no_truncate or no_drop):
         raise click.UsageError("give --max-rows, --no-truncate and/or --no-drop (or --off)")
-    with _connection(dsn, autocommit=True) as conn:
+    with connection(dsn, autocommit=True) as conn:
         name = installer.set_guard(
             conn, table, max_rows=max_rows, no_truncate=no_truncate, no_drop=no_drop
         )
     settings = {"max_rows": max_rows, "no_truncate": no_truncate, "no_drop": no_drop}
     if as_json:
-        _emit_json({"table": name, "guard": None if off else settings})
+        emit_json({"table": name, "guard": None if off else settings})
     else:
-        _console.print(f"guard on {name}: " + ("removed" if off else str(settings)))
+        console.print(f"guard on {name}: " + ("removed" if off else str(settings)))
 
 
 @cli.command("configure", short_help="Change a capture setting (query size, NOTIFY, snapshots).")
 @dsn_option
 @click.argument("key", type=click.Choice(list(CaptureSettings.__dataclass_fields__)))
 @click.argument("value", type=click.IntRange(min=0, max=MAX_LIMIT))
-@_handle_errors
+@handle_errors
 def configure(dsn: str | None, key: str, value: int) -> None:
     """
     Set KEY to VALUE for every audited table (the capture functions are regenerated).
@@ -450,14 +380,14 @@ def configure(dsn: str | None, key: str, value: int) -> None:
     """
     from whodunit.db import install as installer
 
-    with _connection(dsn, autocommit=True) as conn:
+    with connection(dsn, autocommit=True) as conn:
         installer.configure(conn, key, value)
-    _console.print(f"{key} = {value}")
+    console.print(f"{key} = {value}")
 
 
 @cli.command(short_help="Replay a small incident on the embedded database.")
 @data_dir_option
-@_handle_errors
+@handle_errors
 def demo(data_dir: Path | None) -> None:
     """
     Start the embedded database, audit a sample schema, make changes as two roles
@@ -470,7 +400,7 @@ def demo(data_dir: Path | None) -> None:
     """
     from whodunit.demo import run
 
-    run(_cluster(data_dir) if data_dir else None, console=_console)
+    run(_cluster(data_dir) if data_dir else None, console=console)
 
 
 def main() -> None:
