@@ -29,10 +29,11 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from whodunit.db import sql_text
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -70,12 +71,7 @@ UserLoader = Callable[[], "tuple[object, object] | None"]
 # A request path or a user agent is the client's to choose: cap what each value may cost.
 MAX_VALUE_CHARS = 1024
 
-_SQL = resources.files("whodunit.db") / "sql"
-_SET_CONTEXT = "\n".join(
-    line
-    for line in (_SQL / "set_context.sql").read_text().splitlines()
-    if line and not line.startswith("--")
-)
+_SET_CONTEXT = sql_text("set_context.sql")
 _PENDING = "whodunit.pending_context"
 
 _internal = logging.getLogger("whodunit.internal")

@@ -52,3 +52,16 @@ class SchemaNotInstalledError(WhodunitError):
 
 class SchemaVersionError(WhodunitError):
     """The installed schema is newer than this whodunit understands."""
+
+
+class AuditWriteError(WhodunitError):
+    """
+    An audit event could not be written to the database.
+
+    Raised when a successful action (or an auth event) cannot be recorded: an action
+    that leaves no audit record is worse than one reported as failed.  In the caller's
+    transaction it means that transaction cannot commit; in a transaction of its own
+    the action has happened and only the log line records it.
+
+    .. versionadded:: 0.1
+    """
