@@ -819,11 +819,14 @@ def configure_logging(
     extra_redact_patterns: Iterable[str | Pattern[str]] = (),
     callsite: bool = False,
     force: bool = False,
+    loki_url: str | None = None,
+    loki_options: Mapping[str, Any] | None = None,
 ) -> JSONHandler:
     """
     Make every record that reaches the root logger come out as one JSON line.
 
-    Calling it again replaces any `JSONHandler` on the root logger rather than adding another.
+    Calling it again replaces any `JSONHandler` (and `whodunit.loki.LokiHandler`) on the
+    root logger rather than adding another.
     The ``whodunit`` logger is set to WARNING if the app left it unset.
     Unless *callsite* is true it also sets ``logging._srcfile = None``, the switch the
     logging HOWTO ("Optimization") gives for skipping the caller lookup: that lookup is
@@ -835,6 +838,10 @@ def configure_logging(
     it (the next costliest step); ``callsite=True`` turns them back.
     Anything else in the way (a filter, another handler) gets the usual LogRecord.
 
+    With *loki_url*, a `whodunit.loki.LokiHandler` sharing the formatter also ships every
+    record to Loki (``docs/loki.md``).  A collector reading the JSON output stays the
+    sturdier path; httpx is only imported when this is used.
+
     Args:
         level: The root logger's level.
         stream: Where to write; `sys.stderr` by default.
@@ -845,13 +852,18 @@ def configure_logging(
         extra_redact_patterns: Regular expressions to redact on top of the default policy.
         callsite: Keep the caller lookup and write the ``code.*`` fields.
         force: Remove every other root handler too (as `logging.basicConfig` does).
+        loki_url: Also push records to this Loki: https, or http to a loopback address;
+            default: the ``WHODUNIT_LOKI_URL`` environment variable, if set.
+        loki_options: More `whodunit.loki.LokiHandler` keyword arguments (``labels``,
+            ``spool_dir``, ...); its ``service_name`` and ``formatter`` come from here.
 
     Returns:
-        The handler added to the root logger.
+        The JSON handler added to the root logger.
 
     Raises:
-        TypeError: Both *stream* and *path* were given, or both *redact* as a `Redactor`
-            and extra keys or patterns.
+        TypeError: Both *stream* and *path* were given, both *redact* as a `Redactor`
+            and extra keys or patterns, or *loki_options* without *loki_url*.
+        ValueError: *loki_url* or *loki_options* cannot be used.
 
     .. versionadded:: 0.1
     """
@@ -862,13 +874,27 @@ def configure_logging(
         extra_redact_patterns=extra_redact_patterns,
         callsite=callsite,
     )
+    loki_handler = None
+    loki_url = loki_url or os.environ.get("WHODUNIT_LOKI_URL") or None
+    if loki_url is not None:
+        from whodunit.loki import LokiHandler  # here: httpx is only loaded for those who ship
+
+        loki_handler = LokiHandler(
+            loki_url, service_name=service_name, formatter=formatter, **(loki_options or {})
+        )
+    elif loki_options is not None:
+        raise TypeError("configure_logging got loki_options without loki_url: pass both")
     handler = JSONHandler(stream, path=path, formatter=formatter)
+    loki = sys.modules.get("whodunit.loki")  # if it was never imported, no LokiHandler exists
+    ours = (JSONHandler,) if loki is None else (JSONHandler, loki.LokiHandler)
     root = logging.getLogger()
     for old in list(root.handlers):
-        if force or isinstance(old, JSONHandler):
+        if force or isinstance(old, ours):
             root.removeHandler(old)
             old.close()
     root.addHandler(handler)
+    if loki_handler is not None:
+        root.addHandler(loki_handler)
     root.setLevel(level)
     own = logging.getLogger("whodunit")
     if own.level == logging.NOTSET:  # our own chatter only when asked for
