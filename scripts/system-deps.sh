@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite uses, when they are missing:
-# PostgreSQL 15 (the suite runs on it and on the embedded PostgreSQL 18).
+# PostgreSQL 15 (the suite runs on it and on the embedded PostgreSQL 18) and PgBouncer
+# (the rendered pgbouncer.ini is proven with the real binary).
 # Needs root (or sudo); prints what to install by hand otherwise.
 set -euo pipefail
 
 missing=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
+[ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -23,3 +25,4 @@ ${SUDO:-} apt-get update -qq
 ${SUDO:-} apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts a cluster on install; the tests run their own.
 ${SUDO:-} pg_ctlcluster 15 main stop 2>/dev/null || true
+${SUDO:-} service pgbouncer stop 2>/dev/null || true

@@ -57,7 +57,7 @@ class TestLoad:
             ("[guards.t]\nmax_rows = 'many'\n", "guards.t.max_rows .* got 'many'"),
             ("[guards.t]\nno_drop = 'yes'\n", "guards.t.no_drop .* must be a bool"),
             ("[install]\nschemas = []\n", "install.schemas .* is empty"),
-            ("[detectors]\n", "unknown setting detectors"),
+            ("[detector]\n", "unknown setting detector"),
             ("not toml = = =", "is not valid TOML"),
         ],
     )

@@ -33,6 +33,40 @@ __all__ = [
     "quiet_option",
 ]
 
+class LazyGroup(click.Group):
+    """
+    A group whose sub-commands are imported only when one of them runs (or help lists them).
+
+    Each area's commands pull in their own libraries (rich renderers, httpx, SQLAlchemy...);
+    importing them all for every ``whodunit`` call would cost the start-up time the
+    3 a.m. commands (``who-deleted``) are measured by.
+
+    Args:
+        lazy_subcommands: Command name to ``"module:attribute"``.
+    """
+
+    def __init__(
+        self, *args: Any, lazy_subcommands: dict[str, str] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_subcommands = lazy_subcommands or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_subcommands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy_subcommands.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        import importlib
+
+        module, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        return command
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 console = Console()

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from whodunit._clikit import (
     CLIState,
+    LazyGroup,
     connection,
     console,
     data_dir_option,
@@ -30,8 +31,17 @@ from whodunit._clikit import (
 )
 from whodunit.config import MAX_LIMIT, CaptureSettings
 
+#: Commands that live beside their area, imported only when used (see `LazyGroup`).
+AREA_COMMANDS = {
+    "deploy": "whodunit.deploy.commands:deploy",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+@click.group(
+    cls=LazyGroup,
+    lazy_subcommands=AREA_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 @click.option(
     "--config",

@@ -92,6 +92,13 @@ class Settings:
         )
 
 
+#: Sections of the same file that other areas load and check themselves (the deploy,
+#: watch and notifier settings), so this loader lets them through.
+AREA_SECTIONS = frozenset(
+    {"deploy", "watch", "detectors", "discord", "smtp", "webhook", "alertmanager", "relay"}
+)
+
+
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """
     Load settings from *path* (or ``WHODUNIT_CONFIG``), then apply the environment.
@@ -106,7 +113,7 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
     if path:
         data = _read(Path(path))
         source = str(path)
-    _check_keys(data, {"dsn", "install", "capture", "guards"}, "", source)
+    _check_keys(data, {"dsn", "install", "capture", "guards", *AREA_SECTIONS}, "", source)
     install_env: dict[str, Any] = {}
     capture_env: dict[str, Any] = {}
     for key, value in env.items():
