@@ -9,13 +9,18 @@ and puts the lost rows back.  The public modules are ``whodunit.flask``,
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from whodunit.errors import WhodunitError
 
-try:
-    __version__ = version("whodunit")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
-
 __all__ = ["WhodunitError", "__version__"]
+
+
+def __getattr__(name: str) -> str:
+    # Looked up on first use: importlib.metadata costs ~60 ms, paid by every CLI call.
+    if name != "__version__":
+        raise AttributeError(f"module 'whodunit' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("whodunit")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"

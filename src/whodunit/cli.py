@@ -34,6 +34,11 @@ from whodunit.config import MAX_LIMIT, CaptureSettings
 #: Commands that live beside their area, imported only when used (see `LazyGroup`).
 AREA_COMMANDS = {
     "deploy": "whodunit.deploy.commands:deploy",
+    "history": "whodunit.investigate.commands:history_command",
+    "investigate": "whodunit.investigate.commands:investigate_command",
+    "timeline": "whodunit.investigate.commands:timeline_command",
+    "trace": "whodunit.investigate.commands:trace_command",
+    "who-deleted": "whodunit.investigate.commands:who_deleted_command",
 }
 
 
