@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import Progress
-from rich.table import Table
 
 from whodunit._clikit import (
     CLIState,
@@ -36,6 +34,7 @@ AREA_COMMANDS = {
     "deploy": "whodunit.deploy.commands:deploy",
     "history": "whodunit.investigate.commands:history_command",
     "investigate": "whodunit.investigate.commands:investigate_command",
+    "restore": "whodunit.investigate.restore_command:restore",
     "timeline": "whodunit.investigate.commands:timeline_command",
     "trace": "whodunit.investigate.commands:trace_command",
     "who-deleted": "whodunit.investigate.commands:who_deleted_command",
@@ -205,6 +204,8 @@ def install(
     exclude = exclude or settings.install.exclude
     with connection(dsn or settings.dsn, autocommit=True) as conn:
         show = not (quiet or as_json) and console.is_terminal
+        from rich.progress import Progress
+
         with Progress(console=error_console, transient=True, disable=not show) as progress:
             task = progress.add_task("auditing tables", total=None)
 
@@ -312,6 +313,8 @@ def _print_status(report: Any) -> None:
         f"({report.trail_rows['statement']:,} statements, "
         f"{report.trail_rows['row_change']:,} row changes)"
     )
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold")
     for column in ("table", "audited", "key", "guard"):
         table.add_column(column)
