@@ -175,7 +175,21 @@ class Redactor:
         Returns:
             A new dict with the same keys, in the same order.
         """
-        return {key: self._redact_item(key, value, 1) for key, value in fields.items()}
+        # The hot path of every log record: scalars are checked inline, without the
+        # generic walk (a request line has a dozen fields, nearly all short strings).
+        verdicts = self._key_verdicts
+        clean = self._clean_texts
+        redacted: dict[str, object] = {}
+        for key, value in fields.items():
+            if verdicts.get(key) is not False and self.is_sensitive_key(key):
+                redacted[key] = self.replacement
+            elif type(value) is str:
+                redacted[key] = value if value in clean else self.redact_text(value)
+            elif value is None or type(value) is bool or type(value) is float:
+                redacted[key] = value
+            else:
+                redacted[key] = self.redact_value(value, 1)
+        return redacted
 
     def redact_value(self, value: object, _depth: int = 0) -> object:
         """
