@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 from rich.console import Console
+from rich.markup import escape
 
 from whodunit.errors import WhodunitError
 
@@ -32,6 +33,7 @@ __all__ = [
     "json_option",
     "quiet_option",
 ]
+
 
 class LazyGroup(click.Group):
     """
@@ -103,7 +105,9 @@ def handle_errors(func: F) -> F:
                 raise
             # A database error whodunit did not foresee still gets one line, not a traceback.
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            error_console.print(
+                f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
+            )
             ctx.exit(getattr(exc, "exit_code", 1))
 
     return wrapper  # type: ignore[return-value]

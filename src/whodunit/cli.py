@@ -34,9 +34,11 @@ AREA_COMMANDS = {
     "deploy": "whodunit.deploy.commands:deploy",
     "history": "whodunit.investigate.commands:history_command",
     "investigate": "whodunit.investigate.commands:investigate_command",
+    "relay": "whodunit.watch.notify_commands:relay",
     "restore": "whodunit.investigate.restore_command:restore",
     "timeline": "whodunit.investigate.commands:timeline_command",
     "trace": "whodunit.investigate.commands:trace_command",
+    "watch": "whodunit.watch.commands:watch",
     "who-deleted": "whodunit.investigate.commands:who_deleted_command",
 }
 

@@ -95,7 +95,17 @@ class Settings:
 #: Sections of the same file that other areas load and check themselves (the deploy,
 #: watch and notifier settings), so this loader lets them through.
 AREA_SECTIONS = frozenset(
-    {"deploy", "watch", "detectors", "discord", "smtp", "webhook", "alertmanager", "relay"}
+    {
+        "deploy",
+        "watch",
+        "detectors",
+        "outbox",
+        "discord",
+        "smtp",
+        "webhook",
+        "alertmanager",
+        "relay",
+    }
 )
 
 
