@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
+from tests.fixtures.receivers import FakeDiscord
 from whodunit.db.embedded import LocalCluster
 from whodunit.db.install import install
 from whodunit.errors import ConfigError, PrivilegeError, SchemaVersionError, WhodunitError
@@ -431,6 +432,24 @@ class TestCommand:
         lines = [orjson.loads(line) for line in result.stdout.splitlines()]
         assert (0, ["truncate"]) == (result.exit_code, [line["rule"] for line in lines])
         assert lines[0]["investigate"].startswith("whodunit investigate --from ")
+
+    def test_once_delivers_through_the_outbox(
+        self, dsn: str, table: Conn, fake_discord: FakeDiscord
+    ) -> None:
+        """With Discord configured, the alert goes through the outbox to the webhook."""
+        table.execute("INSERT INTO t SELECT generate_series(1, 10)")
+        table.execute("TRUNCATE t")
+        result = CliRunner().invoke(
+            watch,
+            ["--dsn", dsn, "--once", "--metrics-port", "0"],
+            env={
+                "WHODUNIT_WATCH_START": "beginning",
+                "WHODUNIT_DISCORD_WEBHOOK_URL": fake_discord.url,
+            },
+        )
+        assert 0 == result.exit_code, result.output
+        assert 1 == len(fake_discord.messages)
+        assert "TRUNCATE" in orjson.dumps(fake_discord.messages[0]).decode()
 
     def test_bad_config_exits_2_naming_the_setting(self, tmp_path: Path) -> None:
         """An unknown detector stops the command before it connects."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -62,9 +63,11 @@ def watch(
     milliseconds of a destructive commit; it polls for the rest.
 
     It resumes from its checkpoint after a restart, never skipping a transaction that
-    committed late, and reconnects by itself when PostgreSQL restarts. Alerts are logged
-    as JSON lines on stderr (logger whodunit.watch.alerts); --json prints them on stdout
-    instead. Stop it with SIGTERM or Ctrl-C.
+    committed late, and reconnects by itself when PostgreSQL restarts. With a channel
+    configured ([discord], [smtp], [webhook], [alertmanager]) alerts go through the
+    durable outbox and are delivered by a thread of this process; without one they are
+    logged as JSON lines on stderr (logger whodunit.watch.alerts). --json prints them on
+    stdout instead. Stop it with SIGTERM or Ctrl-C.
 
     Connect as a superuser or as a role granted whodunit_watcher.
 
@@ -75,8 +78,13 @@ def watch(
       whodunit watch --name replica-check --metrics-port 0
       WHODUNIT_DETECTORS_MASS_DELETE_STATEMENT_ROWS=100 whodunit watch
     """
+    from whodunit.db.connect import resolve_dsn
     from whodunit.log import configure_logging
+    from whodunit.watch.alert import AlertSink
     from whodunit.watch.daemon import JsonLinesSink, LogSink, Watcher, metrics_for
+    from whodunit.watch.notifiers.settings import build_notifiers
+    from whodunit.watch.notifiers.settings import load as load_notify
+    from whodunit.watch.outbox import Deliverer, OutboxSink
     from whodunit.watch.settings import load
 
     state = click.get_current_context().find_object(CLIState)
@@ -91,7 +99,30 @@ def watch(
     if not logging.getLogger().handlers:  # the app's own logging, when there is one, wins
         configure_logging(stream=sys.stderr)
     logging.getLogger("whodunit.watch").setLevel(logging.INFO)
-    sink = JsonLinesSink(sys.stdout) if as_json else LogSink()
+    notify = load_notify(config or (state.config if state else None))
+    delivery: Deliverer | None = None
+    deliverer: threading.Thread | None = None
+    stop = threading.Event()
+    if as_json:
+        sink: AlertSink = JsonLinesSink(sys.stdout)
+    elif notify.channels:
+        target = resolve_dsn(settings.dsn)
+        sink = OutboxSink(target, notify.routes())
+        outbox = notify.outbox
+        delivery = Deliverer(
+            target,
+            build_notifiers(notify),
+            group_window=outbox.group_window,
+            max_backoff=outbox.max_backoff,
+            keep_days=outbox.keep_days,
+        )
+        if not once:
+            deliverer = threading.Thread(
+                target=delivery.run, args=(stop,), name="whodunit-deliverer", daemon=True
+            )
+            deliverer.start()
+    else:
+        sink = LogSink()
     metrics = metrics_for(settings)
     server = None
     if w.metrics_port and not once:
@@ -102,6 +133,15 @@ def watch(
     try:
         with Watcher(settings, sink, metrics=metrics) as watcher:
             watcher.run(once=once)
+        if once and delivery is not None:
+            delivery.run_once()  # what this pass raised goes out before the command ends
     finally:
+        stop.set()
+        if deliverer is not None:
+            deliverer.join(timeout=30)
+        if delivery is not None:
+            delivery.close()
+        if isinstance(sink, OutboxSink):
+            sink.close()
         if server is not None:
             server.shutdown()
