@@ -38,6 +38,7 @@ AREA_COMMANDS = {
     "restore": "whodunit.investigate.restore_command:restore",
     "timeline": "whodunit.investigate.commands:timeline_command",
     "trace": "whodunit.investigate.commands:trace_command",
+    "verify": "whodunit.watch.verify_commands:verify",
     "watch": "whodunit.watch.commands:watch",
     "who-deleted": "whodunit.investigate.commands:who_deleted_command",
 }

@@ -36,6 +36,7 @@ from whodunit.watch.detectors import Detector, build
 from whodunit.watch.metrics import WatchMetrics
 from whodunit.watch.notifiers.base import alert_to_json, backoff_delay, redact_alert
 from whodunit.watch.reader import Checkpoint, Event, Reader, Waker
+from whodunit.watch.seal import Sealer
 from whodunit.watch.settings import Settings
 
 __all__ = ["JsonLinesSink", "LogSink", "SinkError", "Watcher", "metrics_for"]
@@ -100,6 +101,7 @@ class Watcher:
         self.settings = settings
         self.sink = sink
         self.metrics = metrics or metrics_for(settings)
+        self.sealer = Sealer(settings.watch.name, metrics=self.metrics)
         self._stopping = threading.Event()
         self._attempt = 0  # failures in a row, for the backoff
         self._wake_r, self._wake_w = os.pipe()
@@ -201,6 +203,7 @@ class Watcher:
         until = reader.position(checkpoint)
         latest: datetime | None = None
         top = {"statement": checkpoint.statement_id, "app_event": checkpoint.app_event_id}
+        read: dict[str, list[int]] = {"statement": [], "app_event": []}
         pages: Iterator[tuple[str, Sequence[Event]]] = _chain(
             ("statement", reader.statements(checkpoint, until)),
             ("app_event", reader.app_events(checkpoint, until)),
@@ -217,6 +220,7 @@ class Watcher:
             last = max(event.at for event in page)
             latest = last if latest is None or last > latest else latest
             top[kind] = max(top[kind], *(event.id for event in page))
+            read[kind] += [event.id for event in page]
         look_back = max((d.window for d in detectors), default=timedelta(0))
         after = checkpoint.advance(
             until,
@@ -226,6 +230,15 @@ class Watcher:
         )
         for detector in detectors:
             detector.end_batch(after.history_from)
+        # Sealed before the checkpoint moves: a crash in between re-reads the batch, and
+        # the sealer skips what is sealed already (see whodunit.watch.seal).
+        self.sealer.seal(
+            reader.conn,
+            since=checkpoint.snapshot,
+            until=until.snapshot,
+            statement_ids=read["statement"],
+            app_event_ids=read["app_event"],
+        )
         reader.save(after)
         self.metrics.polled(after)
         return after

@@ -124,6 +124,16 @@ class WatchMetrics:
             ["table"],
             registry=r,
         )
+        self.seal_last_timestamp = Gauge(
+            "whodunit_seal_last_timestamp_seconds",
+            "Unix time of the last seal appended to the hash chain (0 until the first).",
+            registry=r,
+        )
+        self.seal_last_id = Gauge(
+            "whodunit_seal_last_id",
+            "The id of the last seal appended to the hash chain (its hash is in the log).",
+            registry=r,
+        )
         # Until the first read, the age counts from start-up: a watcher that never reads
         # looks stuck, not fresh.
         self._polled_at = time.time()
@@ -161,6 +171,11 @@ class WatchMetrics:
         self.last_poll.set(self._polled_at)
         self.checkpoint_id.labels("statement").set(checkpoint.statement_id)
         self.checkpoint_id.labels("app_event").set(checkpoint.app_event_id)
+
+    def sealed(self, seal_id: int, at: float) -> None:
+        """Note a new seal (``whodunit.watch.seal.Sealer`` calls this)."""
+        self.seal_last_id.set(seal_id)
+        self.seal_last_timestamp.set(at)
 
     def set_outbox_depth(self, depth: Mapping[str, int]) -> None:
         """Set the outbox depth per channel (``whodunit.watch.outbox.depth`` gives it)."""
