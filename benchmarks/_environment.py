@@ -1,10 +1,15 @@
-"""What every benchmark's JSON line reports about where it ran."""
+"""What every benchmark shares: the database it runs on, and where it ran for its JSON line."""
 
 from __future__ import annotations
 
 import platform
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from whodunit.db.embedded import LocalCluster
 
 
 def environment() -> dict[str, str]:
@@ -30,3 +35,17 @@ def _commit() -> str:
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+@contextmanager
+def database(dsn: str | None) -> Iterator[str]:
+    """Yield *dsn*, or without one the DSN of a throwaway embedded cluster, stopped after."""
+    if dsn:
+        yield dsn
+        return
+    with tempfile.TemporaryDirectory(prefix="whodunit-bench-") as tmp:
+        cluster = LocalCluster(Path(tmp) / "pg")
+        try:
+            yield cluster.start()
+        finally:
+            cluster.stop()

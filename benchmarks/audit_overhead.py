@@ -22,15 +22,14 @@ import statistics
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import orjson
 import psycopg
-from _environment import environment  # the script's own folder is on sys.path
+from _environment import database, environment  # the script's own folder is on sys.path
 from rich.console import Console
 from rich.table import Table
 
-from whodunit.db.embedded import LocalCluster, embedded_bin_dir
+from whodunit.db.embedded import embedded_bin_dir
 from whodunit.db.install import install
 
 TABLE_DDL = """
@@ -78,17 +77,8 @@ def main() -> None:
     parser.add_argument("--bulk-rows", type=int, default=100_000)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="whodunit-bench-") as tmp:
-        cluster = None
-        dsn = args.dsn
-        if not dsn:
-            cluster = LocalCluster(Path(tmp) / "pg")
-            dsn = cluster.start()
-        try:
-            run(dsn, args)
-        finally:
-            if cluster:
-                cluster.stop()
+    with database(args.dsn) as dsn:
+        run(dsn, args)
 
 
 def run(dsn: str, args: argparse.Namespace) -> None:

@@ -21,20 +21,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import orjson
 import psycopg
-from _environment import environment  # the script's own folder is on sys.path
+from _environment import database, environment  # the script's own folder is on sys.path
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 
 from whodunit.context import acting_as, context_json, instrument_sqlalchemy
-from whodunit.db.embedded import LocalCluster
 from whodunit.db.install import install
 
 DRIVERS = ("psycopg", "psycopg2")
@@ -60,14 +57,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--transactions", type=int, default=3000, help="per set-up and round")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="whodunit-bench-") as tmp:
-        cluster = None if args.dsn else LocalCluster(Path(tmp) / "pg")
-        dsn = args.dsn or cluster.start()  # type: ignore[union-attr]
-        try:
-            run(dsn, args)
-        finally:
-            if cluster:
-                cluster.stop()
+    with database(args.dsn) as dsn:
+        run(dsn, args)
 
 
 def run(dsn: str, args: argparse.Namespace) -> None:

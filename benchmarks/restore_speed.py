@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import orjson
 import psycopg
-from _environment import environment  # the script's own folder is on sys.path
+from _environment import database, environment  # the script's own folder is on sys.path
 from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
-from whodunit.db.embedded import LocalCluster
 from whodunit.db.install import install
 from whodunit.investigate.restore import Selection, apply_restore, plan_restore
 
@@ -73,17 +70,8 @@ def main() -> None:
     parser.add_argument("-n", "--rows", type=int, default=100_000)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="whodunit-bench-") as tmp:
-        cluster = None
-        dsn = args.dsn
-        if not dsn:
-            cluster = LocalCluster(Path(tmp) / "pg")
-            dsn = cluster.start()
-        try:
-            run(dsn, args)
-        finally:
-            if cluster:
-                cluster.stop()
+    with database(args.dsn) as dsn:
+        run(dsn, args)
 
 
 def run(dsn: str, args: argparse.Namespace) -> None:

@@ -31,16 +31,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
-from _environment import environment  # the script's own folder is on sys.path
+from _environment import database, environment  # the script's own folder is on sys.path
 from rich.console import Console
 from rich.table import Table
 
-from whodunit.db.embedded import LocalCluster, embedded_bin_dir
+from whodunit.db.embedded import embedded_bin_dir
 from whodunit.db.install import install
 from whodunit.watch.alert import Alert
 from whodunit.watch.daemon import Watcher
@@ -86,17 +85,8 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=100_000, help="statements to drain")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="whodunit-bench-") as tmp:
-        cluster = None
-        dsn = args.dsn
-        if not dsn:
-            cluster = LocalCluster(Path(tmp) / "pg")
-            dsn = cluster.start()
-        try:
-            run(dsn, args)
-        finally:
-            if cluster:
-                cluster.stop()
+    with database(args.dsn) as dsn:
+        run(dsn, args)
 
 
 def run(dsn: str, args: argparse.Namespace) -> None:

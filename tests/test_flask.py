@@ -17,6 +17,7 @@ import pytest
 from flask import Flask, Response, abort, g, jsonify
 from psycopg.rows import dict_row
 
+from tests.fixtures.postgres import sqlalchemy_url
 from whodunit import flask as whodunit_flask
 from whodunit.context import current_context
 from whodunit.errors import ConfigError
@@ -752,22 +753,6 @@ class TestInitApp:
 
 
 # --- with a real PostgreSQL -------------------------------------------------------------
-
-
-def sqlalchemy_url(dsn: str, driver: str) -> str:
-    """Turn a libpq DSN (socket directory as host) into a SQLAlchemy URL for *driver*."""
-    from sqlalchemy.engine import URL
-
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
-    url = URL.create(
-        f"postgresql+{driver}",
-        username=str(params["user"]),
-        password=str(params["password"]) if params.get("password") else None,
-        port=int(params["port"]) if params.get("port") else None,
-        database=str(params["dbname"]),
-        query={"host": str(params["host"])} if params.get("host") else {},
-    )
-    return url.render_as_string(hide_password=False)
 
 
 @pytest.fixture(params=["psycopg", "psycopg2"])

@@ -24,7 +24,7 @@ def deploy() -> None:
     \b
     Examples:
       whodunit deploy render --out deploy/ && whodunit deploy check deploy/
-      whodunit deploy render --example --out /tmp/stack    # secrets generated
+      whodunit deploy render --example --out stack/    # secrets generated
     """
 
 
@@ -61,7 +61,7 @@ def render_command(config: Path | None, out: Path | None, example: bool, as_json
       WHODUNIT_DEPLOY_PGBOUNCER_ADMIN_PASSWORD_FILE=/run/secrets/admin \\
       WHODUNIT_DEPLOY_PGBOUNCER_STATS_PASSWORD_FILE=/run/secrets/stats \\
         whodunit deploy render --config whodunit.toml --out deploy/
-      whodunit deploy render --example --out /tmp/stack --json
+      whodunit deploy render --example --out stack/ --json
     """
     from whodunit.deploy import COMPONENTS, registry
     from whodunit.deploy.render import render
